@@ -676,16 +676,19 @@ def start(
 
     Idempotent: a live broker started by us on *port* is reused. Fetches Kafka and
     formats storage when needed, launches the JVM detached and waits until a metadata
-    request succeeds. *state* overrides :func:`state_dir` (data, pid file, logs).
+    request succeeds (*wait_timeout* seconds, counted from launch; a first fetch may take
+    longer). *state* overrides :func:`state_dir` (data, pid file, logs). Raises
+    :class:`BrokerError` if the port is taken by something else, or if the broker exits
+    or does not answer in time (the message then includes the log tail).
     """
     port, controller_port = _resolve_ports(port, controller_port)
     paths = _Paths(port, Path(state) if state is not None else None)
     bootstrap = f"{HOST}:{port}"
-    deadline = time.monotonic() + wait_timeout
     with _file_lock(paths.lock_file):
         record = _read_pid_file(paths)
         if record is not None:
             since = record.get("started_at")
+            deadline = time.monotonic() + wait_timeout
             _wait_ready(record["pid"], paths, bootstrap, deadline, port=port, since=since)
             return bootstrap
         for candidate in (port, controller_port):
@@ -710,6 +713,7 @@ def start(
         started_at = time.time()
         paths.stdout_log.write_text(f"=== Kafka {resolved} on {bootstrap}, {time.ctime()} ===\n")
         pid = _launch(cmd, paths.stdout_log)
+        deadline = time.monotonic() + wait_timeout  # fetching/formatting do not count
         paths.pid_file.write_text(
             json.dumps(
                 {
