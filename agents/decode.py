@@ -1,0 +1,57 @@
+"""Decode and validate input events; route invalid ones to the dead-letter topic and
+re-key valid ones by user id."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import orjson
+
+from models.events import InvalidEvent, decode_event
+from stream_app.app import app, by_user_topic, dlq_topic, events_topic
+from stream_app.metrics import counters
+
+__all__ = ["decode", "dlq_record"]
+
+log = logging.getLogger(__name__)
+
+
+def dlq_record(error: InvalidEvent, raw: bytes | None, topic: str, partition: int, offset: int) -> dict[str, Any]:
+    """The dead-letter record for a rejected message (``raw`` as text, or base64)."""
+    if raw is None:
+        payload: str | None = None
+        encoding = "null"
+    else:
+        try:
+            payload, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return {
+        "error": error.code,
+        "detail": error.detail,
+        "raw": payload,
+        "raw_encoding": encoding,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
+
+
+@app.agent(events_topic)
+async def decode(stream):
+    """events → (events-by-user | events-dlq)."""
+    async for event in stream.events():
+        counters.events_in += 1
+        message = event.message
+        try:
+            ev = decode_event(event.value)
+        except InvalidEvent as exc:
+            record = dlq_record(exc, event.value, message.topic, message.partition, message.offset)
+            await dlq_topic.send(key=message.key, value=orjson.dumps(record))
+            counters.dlq += 1
+            counters.dlq_by_code[exc.code] = counters.dlq_by_code.get(exc.code, 0) + 1
+            continue
+        counters.decoded += 1
+        await by_user_topic.send(key=ev.user_id.encode(), value=orjson.dumps(ev.to_dict()))

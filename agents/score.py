@@ -1,0 +1,200 @@
+"""Score events (already validated and keyed by user), resolve delayed labels, learn,
+publish scores and training samples, and snapshot each partition's model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from models.engine import ImportanceEngine, ScoredEvent
+from models.events import CONVERSION_TYPES, EXPOSURE_TYPES, Event, validate_event
+from models.labels import LabelAttribution, Resolved
+from models.state import StateError
+from stream_app.app import (
+    app,
+    by_user_topic,
+    model_topic,
+    pending_table,
+    resolve_bootstrap,
+    scores_topic,
+    settings,
+    training_topic,
+)
+from stream_app.metrics import counters
+from stream_app.model_store import encode_parts, read_snapshot
+
+__all__ = ["score"]
+
+log = logging.getLogger(__name__)
+
+labels = LabelAttribution(
+    pending_table,
+    window_s=settings.attribution_window_s,
+    max_per_user=settings.max_pending_per_user,
+    max_pending=settings.max_pending_per_partition,
+)
+
+
+class PartitionModel:
+    """The engine of one partition of the by-user topic, with its snapshot cadence."""
+
+    def __init__(self, partition: int, engine: ImportanceEngine) -> None:
+        self.partition = partition
+        self.engine = engine
+        self.since_snapshot = 0
+        self.last_snapshot = time.monotonic()
+
+    def due(self) -> bool:
+        return self.since_snapshot >= settings.snapshot_every or (
+            self.since_snapshot > 0
+            and time.monotonic() - self.last_snapshot >= settings.snapshot_interval_s
+        )
+
+    async def snapshot(self) -> None:
+        """Write the model's state to its partition of the model-state topic."""
+        for key, value in encode_parts(self.partition, self.engine.to_state()):
+            await model_topic.send(key=key, value=value, partition=self.partition)
+        self.since_snapshot = 0
+        self.last_snapshot = time.monotonic()
+        counters.snapshots += 1
+
+
+models: dict[int, PartitionModel] = {}
+
+
+def new_engine() -> ImportanceEngine:
+    return ImportanceEngine(target_rate=settings.target_keep_rate)
+
+
+async def model_for(partition: int) -> PartitionModel:
+    """The partition's model: in memory, else restored from its latest snapshot."""
+    model = models.get(partition)
+    if model is not None:
+        return model
+    engine = new_engine()
+    loop = asyncio.get_running_loop()
+    try:
+        parts = await loop.run_in_executor(
+            None, read_snapshot, resolve_bootstrap(settings), model_topic.get_topic_name(), partition
+        )
+        if parts is not None:
+            engine.load_state(parts)
+            counters.snapshots_restored += 1
+            log.info(
+                "partition %d: restored model version %d with %d updates",
+                partition,
+                engine.version,
+                engine.updates,
+            )
+    except StateError as exc:
+        log.error("partition %d: saved model state unusable, starting fresh: %s", partition, exc)
+        engine = new_engine()
+    model = models[partition] = PartitionModel(partition, engine)
+    return model
+
+
+def training_record(scored: dict[str, Any], label: int | None, source: str) -> bytes:
+    return orjson.dumps({**scored, "label": label, "label_source": source})
+
+
+async def learn_resolved(model: PartitionModel, resolved: list[Resolved]) -> None:
+    """Learn from exposures whose label is now known; publish the kept ones for training."""
+    for item in resolved:
+        model.engine.learn(item.event, item.label)
+        counters.labels_resolved += 1
+        if item.reason == "evicted":
+            counters.labels_evicted += 1
+        if item.info.get("keep"):
+            await training_topic.send(
+                key=item.event.user_id.encode(),
+                value=training_record(item.info, item.label, item.reason),
+            )
+            counters.training_samples += 1
+
+
+async def process(partition: int, ev: Event) -> dict[str, Any]:
+    """The whole per-event path after decoding; returns the published score record."""
+    model = await model_for(partition)
+    engine = model.engine
+    resolved = labels.expire(partition, max(engine.watermark, ev.ts))
+    if ev.type in CONVERSION_TYPES:
+        resolved.extend(labels.convert(partition, ev))
+    scored: ScoredEvent = engine.score(ev)
+    record = scored.record(updates=engine.updates, version=engine.version)
+    record["partition"] = partition
+    await scores_topic.send(key=ev.user_id.encode(), value=orjson.dumps(record))
+    counters.scored += 1
+    if scored.keep:
+        counters.kept += 1
+    if ev.label is not None:
+        if scored.keep:
+            await training_topic.send(
+                key=ev.user_id.encode(), value=training_record(record, ev.label, "explicit")
+            )
+            counters.training_samples += 1
+    elif ev.type in EXPOSURE_TYPES:
+        resolved.extend(labels.track(partition, ev, record))
+    elif scored.keep:
+        await training_topic.send(
+            key=ev.user_id.encode(), value=training_record(record, None, "none")
+        )
+        counters.training_samples += 1
+    await learn_resolved(model, resolved)
+    model.since_snapshot += 1
+    if model.due():
+        await model.snapshot()
+    return record
+
+
+@app.agent(by_user_topic)
+async def score(stream):
+    """events-by-user → importance-scores (+ training-samples, model-state)."""
+    try:
+        async for event in stream.events():
+            partition = event.message.partition
+            try:
+                ev = validate_event(orjson.loads(event.value), now=math.inf)
+            except Exception:  # written by our own decode agent: should never happen
+                log.exception("skipping undecodable internal message at %s", event.message.tp)
+                continue
+            await process(partition, ev)
+    finally:
+        await snapshot_all()
+
+
+@app.timer(interval=settings.snapshot_interval_s)
+async def snapshot_timer() -> None:
+    """Save models that learned since their last snapshot, even when input is idle."""
+    await snapshot_all()
+
+
+async def snapshot_all() -> None:
+    """Save every partition's model (on shutdown and rebalance)."""
+    for model in list(models.values()):
+        if model.since_snapshot:
+            try:
+                await model.snapshot()
+            except Exception:
+                log.exception("could not snapshot partition %d", model.partition)
+
+
+@app.on_partitions_revoked.connect
+async def on_revoked(app, revoked: set[TP], **kwargs) -> None:
+    """Save and forget the models of partitions this worker gives up."""
+    topic = by_user_topic.get_topic_name()
+    for tp in revoked:
+        if tp.topic != topic:
+            continue
+        model = models.pop(tp.partition, None)
+        if model is not None and model.since_snapshot:
+            try:
+                await model.snapshot()
+            except Exception:
+                log.exception("could not snapshot partition %d on revoke", tp.partition)
+        labels.forget_partition(tp.partition)

@@ -1,0 +1,101 @@
+"""The Faust application: topics, tables and settings shared by the agents.
+
+Importing this module builds the app from the environment (see
+:class:`stream_app.config.Settings`). The agents live in :mod:`agents`; the worker entry
+point (:mod:`stream_app.worker`) imports both.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from stream_app.config import Settings
+from stream_app.topics import MODEL_STATE_MAX_BYTES, model_state_topic
+
+__all__ = [
+    "app",
+    "by_user_topic",
+    "dlq_topic",
+    "events_topic",
+    "model_topic",
+    "pending_table",
+    "scores_topic",
+    "settings",
+    "training_topic",
+]
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """``KAFKA_BOOTSTRAP_SERVERS`` when set, else the local broker's address."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    from stream_app.broker import bootstrap_servers
+
+    return bootstrap_servers(start_if_needed=False)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A Faust app configured from ``settings``."""
+    bootstrap = resolve_bootstrap(settings)
+    brokers = ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+    return faust.App(
+        settings.app_id,
+        broker=brokers,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=settings.data_dir,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_enabled=True,
+        processing_guarantee=settings.processing_guarantee,
+        producer_max_request_size=MODEL_STATE_MAX_BYTES,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=5000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=8192,
+        table_standby_replicas=0,
+        # A worker that died (SIGKILL, OOM) is noticed within 10 s, so its replacement
+        # does not wait a minute for the group to let it in.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=30.0,
+        stream_recovery_delay=0.5,
+    )
+
+
+settings = Settings.from_env()
+app = create_app(settings)
+
+#: Input: behaviour events, JSON, keyed any way (or not at all).
+events_topic = app.topic(settings.topic_events, value_serializer="raw", key_serializer="raw")
+#: Internal: valid events re-keyed by user id, so per-user state is co-partitioned.
+by_user_topic = app.topic(
+    settings.topic_by_user,
+    partitions=settings.partitions,
+    value_serializer="raw",
+    key_serializer="raw",
+    internal=True,
+)
+scores_topic = app.topic(settings.topic_scores, value_serializer="raw", key_serializer="raw")
+dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", key_serializer="raw")
+training_topic = app.topic(settings.topic_training, value_serializer="raw", key_serializer="raw")
+model_topic = app.topic(
+    model_state_topic(settings),
+    partitions=settings.partitions,
+    value_serializer="raw",
+    key_serializer="raw",
+    compacting=True,
+    internal=True,
+    config={"max.message.bytes": str(MODEL_STATE_MAX_BYTES)},
+)
+#: Pending exposures per user, waiting for their label (changelog-backed).
+pending_table = app.Table(
+    "pending-labels",
+    default=None,
+    partitions=settings.partitions,
+    schema=faust.Schema(key_serializer="json", value_serializer="json"),
+)

@@ -1,0 +1,145 @@
+"""The ``importance`` command line: broker, worker, replay, score, demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from stream_app.broker import broker_cli
+from stream_app.replay import replay_cmd
+
+__all__ = ["main"]
+
+FORMATS = click.Choice(["jsonl", "taobao", "open-bandit"])
+
+
+@click.group()
+@click.version_option(package_name="importance-stream")
+def main() -> None:
+    """importance-stream: score the training importance of behaviour events on Kafka."""
+
+
+main.add_command(broker_cli, name="broker")
+main.add_command(replay_cmd, name="replay")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
+def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
+    """Run the Faust worker (extra arguments go to ``faust worker``)."""
+    from stream_app.app import resolve_bootstrap, settings
+    from stream_app.broker import _metadata_ok
+    from stream_app.worker import run_worker
+
+    bootstrap = resolve_bootstrap(settings)
+    if not _metadata_ok(bootstrap, timeout=10.0):
+        raise click.ClickException(
+            f"no Kafka broker answers at {bootstrap}: run `importance broker start` "
+            "or set KAFKA_BOOTSTRAP_SERVERS"
+        )
+    run_worker(["worker", "--loglevel", loglevel, *faust_args])
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default=None, help="Default: from the file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--limit", type=int, default=None, help="Score at most N events.")
+@click.option("--target-rate", type=float, default=None, help="Target keep rate.")
+def score(file: Path, fmt: str | None, output: Path, limit: int | None, target_rate: float | None) -> None:
+    """Score a file offline with the worker's engine (no Kafka) into JSON lines."""
+    from stream_app.config import Settings
+    from stream_app.datasets import read_events
+    from stream_app.offline import score_events
+    from stream_app.replay import infer_format
+
+    settings = Settings.from_env()
+    fmt = fmt or infer_format(file)
+    n = errors = kept = 0
+    started = time.perf_counter()
+    with output.open("wb") as out:
+        for record in score_events(
+            read_events(file, fmt, limit=limit),
+            target_rate=target_rate or settings.target_keep_rate,
+            window_s=settings.attribution_window_s,
+        ):
+            out.write(orjson.dumps(record) + b"\n")
+            if "error" in record:
+                errors += 1
+            else:
+                n += 1
+                kept += record["keep"]
+    seconds = time.perf_counter() - started
+    click.echo(
+        f"scored {n} events ({errors} invalid) in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):,.0f} events/s); kept {kept} ({kept / max(n, 1):.1%}) -> {output}"
+    )
+
+
+@main.command()
+@click.option("--limit", type=int, default=None, help="Replay at most N events.")
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second.")
+@click.option("--keep-running/--no-keep-running", default=True, show_default=True,
+              help="Leave the worker running after the replay until Ctrl-C.")
+def demo(limit: int | None, rate: float, keep_running: bool) -> None:
+    """Broker, worker and a replay of demo data together."""
+    from stream_app.broker import bootstrap_servers
+    from stream_app.config import Settings
+    from stream_app.datasets import demo_dataset, read_events
+    from stream_app.replay import replay
+    from stream_app.topics import ensure_topics
+
+    settings = Settings.from_env()
+    bootstrap = bootstrap_servers(start_if_needed=True)
+    click.echo(f"Kafka broker: {bootstrap}")
+    ensure_topics(settings, bootstrap)
+    path, fmt = demo_dataset()
+    click.echo(f"demo data: {path} ({fmt})")
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    log_path = Path(settings.data_dir) / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_app.worker", "worker", "--loglevel", "info"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    click.echo(f"worker started (pid {proc.pid}), log: {log_path}")
+    try:
+        stats = replay(read_events(path, fmt, limit=limit), bootstrap, topic=settings.topic_events,
+                       rate=rate, limit=limit)
+        click.echo(f"replayed {stats.sent} events in {stats.seconds:.1f} s")
+        click.echo(
+            "\nWhere to look:\n"
+            f"  scores:    {settings.topic_scores} (JSON, keyed by user_id)\n"
+            f"  training:  {settings.topic_training}\n"
+            f"  rejected:  {settings.topic_dlq}\n"
+            f"  web:       http://{settings.web_host}:{settings.web_port}/\n"
+            f"  e.g. .venv/bin/python -m stream_app.tail {settings.topic_scores} --bootstrap {bootstrap}"
+        )
+        if keep_running:
+            click.echo("worker keeps running; Ctrl-C stops it.")
+            proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()

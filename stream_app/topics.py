@@ -1,0 +1,58 @@
+"""Create the service's Kafka topics when they are missing."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_app.config import Settings
+
+__all__ = ["MODEL_STATE_MAX_BYTES", "ensure_topics", "model_state_topic"]
+
+log = logging.getLogger(__name__)
+
+#: Largest model-state part the service writes (the topic and producer allow this much).
+MODEL_STATE_MAX_BYTES = 32 * 1024 * 1024
+
+
+def model_state_topic(settings: Settings) -> str:
+    """Compacted topic holding per-partition model snapshots."""
+    return f"{settings.app_id}-model-state"
+
+
+def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> list[str]:
+    """Create the input, output, dead-letter, training and internal topics if absent.
+
+    Returns the names of the topics it created. Existing topics are left as they are.
+    """
+    wanted = {
+        settings.topic_events: {},
+        settings.topic_scores: {},
+        settings.topic_dlq: {},
+        settings.topic_training: {},
+        settings.topic_by_user: {},
+        model_state_topic(settings): {
+            "cleanup.policy": "compact",
+            "max.message.bytes": str(MODEL_STATE_MAX_BYTES),
+        },
+    }
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = [
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=1, config=config)
+        for name, config in wanted.items()
+        if name not in existing
+    ]
+    if not new:
+        return []
+    created = []
+    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created.append(name)
+        except Exception as exc:  # a concurrent creator wins the race: fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    log.info("created topics: %s", ", ".join(created))
+    return created
