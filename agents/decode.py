@@ -18,7 +18,9 @@ __all__ = ["decode", "dlq_record"]
 log = logging.getLogger(__name__)
 
 
-def dlq_record(error: InvalidEvent, raw: bytes | None, topic: str, partition: int, offset: int) -> dict[str, Any]:
+def dlq_record(
+    error: InvalidEvent, raw: bytes | None, topic: str, partition: int, offset: int
+) -> dict[str, Any]:
     """The dead-letter record for a rejected message (``raw`` as text, or base64)."""
     if raw is None:
         payload: str | None = None

@@ -81,7 +81,11 @@ async def model_for(partition: int) -> PartitionModel:
     loop = asyncio.get_running_loop()
     try:
         parts = await loop.run_in_executor(
-            None, read_snapshot, resolve_bootstrap(settings), model_topic.get_topic_name(), partition
+            None,
+            read_snapshot,
+            resolve_bootstrap(settings),
+            model_topic.get_topic_name(),
+            partition,
         )
         if parts is not None:
             engine.load_state(parts)

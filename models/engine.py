@@ -47,7 +47,9 @@ class ScoredEvent:
     probability: float
     weight: float
 
-    def record(self, *, updates: int, version: int, scored_at: float | None = None) -> dict[str, Any]:
+    def record(
+        self, *, updates: int, version: int, scored_at: float | None = None
+    ) -> dict[str, Any]:
         """The output record published on ``importance-scores`` (see the README contract)."""
         ev = self.event
         return {

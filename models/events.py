@@ -171,10 +171,7 @@ def validate_event(obj: Any, *, now: float | None = None) -> Event:
     ts = _timestamp(obj["ts"], time.time() if now is None else now)
 
     event_id = obj.get("event_id")
-    if event_id is None:
-        event_id = _derived_id(obj)
-    else:
-        event_id = _string(event_id, "event_id")
+    event_id = _derived_id(obj) if event_id is None else _string(event_id, "event_id")
 
     position = obj.get("position")
     if position is not None:

@@ -6,7 +6,8 @@ saved model keeps meaning the same thing after a restart, and memory is bounded 
 number of hash buckets instead of growing with the number of distinct users and items.
 
 >>> from models.events import decode_event
->>> ev = decode_event(b'{"user_id": 1, "item_id": 2, "category_id": 3, "type": "pv", "ts": 1511658000}')
+>>> raw = b'{"user_id": 1, "item_id": 2, "category_id": 3, "type": "pv", "ts": 1511658000}'
+>>> ev = decode_event(raw)
 >>> x = hashed_features(ev, bits=18)
 >>> len(x), all(0 <= k < 2**18 for k in x), set(x.values())
 (11, True, {1.0})

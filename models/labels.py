@@ -133,11 +133,15 @@ class LabelAttribution:
         out: list[Resolved] = []
         while heap and heap[0][0] < watermark:
             _, user_id = heapq.heappop(heap)
-            out.extend(self._close_user(partition, user_id, lambda p: p["ts"] + self.window_s < watermark))
+            out.extend(
+                self._close_user(partition, user_id, lambda p: p["ts"] + self.window_s < watermark)
+            )
         return out
 
     # -- helpers ----------------------------------------------------------------------
-    def _close_user(self, partition: int, user_id: str, closes, reason: str = "window_closed") -> list[Resolved]:
+    def _close_user(
+        self, partition: int, user_id: str, closes, reason: str = "window_closed"
+    ) -> list[Resolved]:
         entry = self.store.get(user_id)
         if not entry:
             return []
@@ -157,7 +161,9 @@ class LabelAttribution:
         out: list[Resolved] = []
         while self._counts[partition] > self.max_pending and heap:
             deadline, user_id = heapq.heappop(heap)
-            closed = self._close_user(partition, user_id, lambda p, d=deadline: p["ts"] + self.window_s <= d, "evicted")
+            closed = self._close_user(
+                partition, user_id, lambda p, d=deadline: p["ts"] + self.window_s <= d, "evicted"
+            )
             out.extend(closed)
         return out
 
@@ -171,4 +177,6 @@ class LabelAttribution:
         self.resolved += 1
         if reason == "evicted":
             self.evicted += 1
-        return Resolved(validate_event(pending["event"], now=float("inf")), label, pending["info"], reason)
+        return Resolved(
+            validate_event(pending["event"], now=float("inf")), label, pending["info"], reason
+        )

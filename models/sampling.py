@@ -75,7 +75,11 @@ class ImportanceSampler:
 
     def to_state(self) -> dict[str, Any]:
         """Plain-data state."""
-        return {"target_rate": self.target_rate, "log_scale": self.log_scale, "mean_pi": self.mean_pi}
+        return {
+            "target_rate": self.target_rate,
+            "log_scale": self.log_scale,
+            "mean_pi": self.mean_pi,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore the tuned scale (the target rate stays as configured)."""

@@ -54,7 +54,9 @@ def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--limit", type=int, default=None, help="Score at most N events.")
 @click.option("--target-rate", type=float, default=None, help="Target keep rate.")
-def score(file: Path, fmt: str | None, output: Path, limit: int | None, target_rate: float | None) -> None:
+def score(
+    file: Path, fmt: str | None, output: Path, limit: int | None, target_rate: float | None
+) -> None:
     """Score a file offline with the worker's engine (no Kafka) into JSON lines."""
     from stream_app.config import Settings
     from stream_app.datasets import read_events
@@ -80,15 +82,20 @@ def score(file: Path, fmt: str | None, output: Path, limit: int | None, target_r
     seconds = time.perf_counter() - started
     click.echo(
         f"scored {n} events ({errors} invalid) in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):,.0f} events/s); kept {kept} ({kept / max(n, 1):.1%}) -> {output}"
+        f"({n / max(seconds, 1e-9):,.0f} events/s); "
+        f"kept {kept} ({kept / max(n, 1):.1%}) -> {output}"
     )
 
 
 @main.command()
 @click.option("--limit", type=int, default=None, help="Replay at most N events.")
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second.")
-@click.option("--keep-running/--no-keep-running", default=True, show_default=True,
-              help="Leave the worker running after the replay until Ctrl-C.")
+@click.option(
+    "--keep-running/--no-keep-running",
+    default=True,
+    show_default=True,
+    help="Leave the worker running after the replay until Ctrl-C.",
+)
 def demo(limit: int | None, rate: float, keep_running: bool) -> None:
     """Broker, worker and a replay of demo data together."""
     from stream_app.broker import bootstrap_servers
@@ -116,8 +123,13 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
         )
     click.echo(f"worker started (pid {proc.pid}), log: {log_path}")
     try:
-        stats = replay(read_events(path, fmt, limit=limit), bootstrap, topic=settings.topic_events,
-                       rate=rate, limit=limit)
+        stats = replay(
+            read_events(path, fmt, limit=limit),
+            bootstrap,
+            topic=settings.topic_events,
+            rate=rate,
+            limit=limit,
+        )
         click.echo(f"replayed {stats.sent} events in {stats.seconds:.1f} s")
         click.echo(
             "\nWhere to look:\n"
@@ -125,7 +137,7 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
             f"  training:  {settings.topic_training}\n"
             f"  rejected:  {settings.topic_dlq}\n"
             f"  web:       http://{settings.web_host}:{settings.web_port}/\n"
-            f"  e.g. .venv/bin/python -m stream_app.tail {settings.topic_scores} --bootstrap {bootstrap}"
+            f"  e.g.       importance tail {settings.topic_scores} -n 5"
         )
         if keep_running:
             click.echo("worker keeps running; Ctrl-C stops it.")
@@ -139,6 +151,47 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+@main.command()
+@click.argument("topic")
+@click.option("-n", "count", type=int, default=10, show_default=True, help="Messages to show.")
+@click.option("--bootstrap", default=None, help="Default: KAFKA_BOOTSTRAP_SERVERS or local.")
+def tail(topic: str, count: int, bootstrap: str | None) -> None:
+    """Print the last N messages of a topic (all partitions, newest last)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from stream_app.broker import bootstrap_servers
+
+    bootstrap = bootstrap or bootstrap_servers(start_if_needed=False)
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "importance-tail", "enable.auto.commit": False}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise click.ClickException(f"no topic {topic!r} at {bootstrap}")
+        tps, remaining = [], 0
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            start = max(low, high - count)
+            if high > start:
+                tps.append(TopicPartition(topic, p, start))
+                remaining += high - start
+        consumer.assign(tps)
+        messages = []
+        while remaining > 0:
+            msg = consumer.poll(10)
+            if msg is None:
+                break
+            remaining -= 1
+            if not msg.error():
+                messages.append(msg)
+        messages.sort(key=lambda m: m.timestamp()[1])
+        for msg in messages[-count:]:
+            click.echo(msg.value().decode("utf-8", "replace") if msg.value() else "null")
+    finally:
+        consumer.close()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def read_snapshot(
         }
     )
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout
+        )
         if high <= low:
             return None
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])

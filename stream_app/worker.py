@@ -13,7 +13,7 @@ def run_worker(argv: list[str] | None = None) -> None:
     from stream_app.topics import ensure_topics
 
     ensure_topics(settings, resolve_bootstrap(settings))
-    import agents.decode  # noqa: F401  (registers the agent)
+    import agents.decode
     import agents.score  # noqa: F401
 
     if argv is not None:
