@@ -19,6 +19,7 @@ import orjson
 
 __all__ = [
     "PRODUCER_DEFAULTS",
+    "BrokerUnreachableError",
     "ReplayError",
     "ReplayStats",
     "TokenBucket",
@@ -63,6 +64,10 @@ class ReplayError(RuntimeError):
         self.first_error = first_error
 
 
+class BrokerUnreachableError(ConnectionError):
+    """No Kafka broker answered at the bootstrap address before anything was produced."""
+
+
 class TokenBucket:
     """Token-bucket pacer: on average ``rate`` acquisitions per second, bursts of ``burst``.
 
@@ -105,15 +110,18 @@ def replay(
     key_by: str | None = "user_id",
     progress: bool = True,
     producer_config: Mapping[str, Any] | None = None,
+    connect_timeout: float = 15.0,
 ) -> ReplayStats:
     """Produce ``source`` to ``topic`` and wait until every message is acknowledged.
 
     Dict events are serialised with orjson and keyed by ``str(event[key_by])`` (no key when
     ``key_by`` is None or the field is missing/null); ``bytes`` are sent verbatim without key.
     ``rate`` caps the events per second (token bucket), ``limit`` the number of events.
-    Raises :class:`ReplayError` when any delivery failed.
+    Raises :class:`BrokerUnreachableError` when no broker answers a metadata request within
+    ``connect_timeout`` seconds (checked before producing), :class:`ReplayError` when any
+    delivery failed.
     """
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaException, Producer
     from tqdm import tqdm
 
     if limit is not None and limit < 0:
@@ -122,6 +130,12 @@ def replay(
     if producer_config:
         config.update(producer_config)
     producer = Producer(config)
+    try:
+        producer.list_topics(timeout=connect_timeout)
+    except KafkaException as exc:
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {bootstrap} within {connect_timeout:g} s: {exc}"
+        ) from exc
 
     delivered = 0
     failed = 0
@@ -329,6 +343,11 @@ def replay_cmd(
             key_by=key_by or None,
             progress=progress,
         )
+    except BrokerUnreachableError as exc:
+        raise click.ClickException(
+            f"{exc}. Pass --bootstrap, set KAFKA_BOOTSTRAP_SERVERS or start the local broker "
+            "with `importance broker`."
+        ) from exc
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from exc
     except (ValueError, OSError) as exc:

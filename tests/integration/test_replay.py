@@ -18,7 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from stream_app.datasets import read_events
-from stream_app.replay import ReplayError, TokenBucket, replay, replay_cmd
+from stream_app.replay import (
+    BrokerUnreachableError,
+    ReplayError,
+    TokenBucket,
+    replay,
+    replay_cmd,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -168,19 +174,45 @@ def test_replay_cli_limit_and_env_topic(
     assert sorted(int(v["event_id"][3:]) for v in values) == list(range(1, 121))
 
 
-def test_replay_reports_delivery_failures() -> None:
-    """No broker listens on port 1: every message times out and replay raises."""
+def test_replay_fails_fast_without_broker() -> None:
+    """Nothing listens on port 1: replay refuses before producing instead of timing out later."""
     events = [{"user_id": i, "item_id": i, "type": "view", "ts": i} for i in range(5)]
-    with pytest.raises(ReplayError) as info:
-        replay(
-            events,
-            "127.0.0.1:1",
-            topic="nowhere",
-            progress=False,
-            producer_config={"message.timeout.ms": 1500, "log_level": 0},
-        )
-    assert info.value.stats.failed == 5
-    assert info.value.stats.sent == 0
+    start = time.monotonic()
+    with pytest.raises(BrokerUnreachableError, match=r"127\.0\.0\.1:1 "):
+        replay(events, "127.0.0.1:1", topic="nowhere", progress=False, connect_timeout=2.0)
+    assert time.monotonic() - start < 30
+
+
+def test_replay_reports_delivery_failures(bootstrap: str) -> None:
+    """The broker rejects messages larger than the topic's max.message.bytes: replay raises."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    name = f"test-replay-small-{uuid.uuid4().hex[:12]}"
+    new = NewTopic(name, 1, 1, config={"max.message.bytes": "2000"})
+    for future in admin.create_topics([new], operation_timeout=30).values():
+        future.result(timeout=60)
+    try:
+        small = {"user_id": 1, "item_id": 1, "type": "view", "ts": 1}
+        big = {**small, "context": {"blob": "x" * 5000}}
+        events = [small, big, small, big, small]
+        with pytest.raises(ReplayError) as info:
+            replay(
+                events,
+                bootstrap,
+                topic=name,
+                progress=False,
+                producer_config={"compression.type": "none"},
+            )
+        # the broker rejects whole batches, so the small messages batched with a big one fail too
+        stats = info.value.stats
+        assert stats.failed >= 2 and stats.sent + stats.failed == 5
+        assert f"{stats.failed} of 5 messages were not delivered" in str(info.value)
+        assert "MSG_SIZE_TOO_LARGE" in str(info.value)
+    finally:
+        for future in admin.delete_topics([name], operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=60)
 
 
 def test_token_bucket_never_runs_ahead() -> None:
