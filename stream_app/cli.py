@@ -123,6 +123,7 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
         )
     click.echo(f"worker started (pid {proc.pid}), log: {log_path}")
     try:
+        before = _end_offsets(bootstrap, settings.topic_scores)
         stats = replay(
             read_events(path, fmt, limit=limit),
             bootstrap,
@@ -131,6 +132,7 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
             limit=limit,
         )
         click.echo(f"replayed {stats.sent} events in {stats.seconds:.1f} s")
+        _wait_for_scores(bootstrap, settings.topic_scores, before + stats.sent, proc)
         click.echo(
             "\nWhere to look:\n"
             f"  scores:    {settings.topic_scores} (JSON, keyed by user_id)\n"
@@ -144,6 +146,10 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
             proc.wait()
     except KeyboardInterrupt:
         pass
+    except click.ClickException:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        click.echo("\n".join(["worker log (last lines):", *tail]), err=True)
+        raise
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -151,6 +157,44 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _end_offsets(bootstrap: str, topic: str) -> int:
+    """Sum of a topic's end offsets (0 when it does not exist yet)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "importance-demo"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions
+        )
+    finally:
+        consumer.close()
+
+
+def _wait_for_scores(
+    bootstrap: str, topic: str, target: int, proc: subprocess.Popen, timeout: float = 600.0
+) -> None:
+    """Show the worker catching up until ``topic`` holds ``target`` records."""
+    from tqdm import tqdm
+
+    start = _end_offsets(bootstrap, topic)
+    deadline = time.monotonic() + timeout
+    with tqdm(total=max(0, target - start), desc="scored", unit="ev", unit_scale=True) as bar:
+        done = start
+        while done < target and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            now = _end_offsets(bootstrap, topic)
+            bar.update(now - done)
+            done = now
+    if proc.poll() is not None:
+        raise click.ClickException(f"the worker exited with code {proc.returncode}")
+    if done < target:
+        click.echo(f"worker has published {done} of {target} records so far; see its log")
 
 
 @main.command()
