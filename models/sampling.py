@@ -8,7 +8,7 @@ event's chance above zero, which unbiasedness needs, and bounds weights by ``1/p
 
 The coin is the event id's hash, so a replay makes the same decisions.
 
->>> sampler = ImportanceSampler(target_rate=0.2)
+>>> sampler = ImportanceSampler(target_rate=0.6)
 >>> d = sampler.decide("e-1", importance=0.99)
 >>> d.probability == 1.0 and d.keep and d.weight == 1.0
 True
@@ -50,8 +50,12 @@ class ImportanceSampler:
         self.target_rate = target_rate
         self.pi_min = min(pi_min, target_rate)
         self.adapt = adapt
-        # For importances uniform on [0, 1] the mean of min(1, s·u) is 1/(2s) when s >= 1.
-        self.log_scale = math.log(1.0 / (2.0 * target_rate)) if target_rate < 0.5 else 0.0
+        # For importances uniform on [0, 1] the mean of min(1, s·u) is s/2 when s <= 1 and
+        # 1 - 1/(2s) when s >= 1: start at the scale where that mean is the target rate.
+        if target_rate <= 0.5:
+            self.log_scale = math.log(2.0 * target_rate)
+        else:
+            self.log_scale = min(10.0, -math.log(max(2.0 * (1.0 - target_rate), 1e-300)))
         self.mean_pi = target_rate
 
     @property
