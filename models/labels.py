@@ -13,10 +13,12 @@ closed early as negatives (counted in ``evicted``), never silently dropped.
 >>> labels = LabelAttribution(store, window_s=1800)
 >>> view = decode_event(b'{"user_id": 1, "item_id": 9, "type": "pv", "ts": 1511658000}')
 >>> labels.track(0, view, {"importance": 0.7})
+[]
 >>> cart = decode_event(b'{"user_id": 1, "item_id": 9, "type": "cart", "ts": 1511658600}')
 >>> [(r.event.event_id == view.event_id, r.label) for r in labels.convert(0, cart)]
 [(True, 1)]
 >>> labels.track(0, view, {})
+[]
 >>> [r.label for r in labels.expire(0, watermark=1511658000 + 1801)]
 [0]
 """
