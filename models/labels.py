@@ -119,7 +119,9 @@ class LabelAttribution:
             return []
         keep, out = [], []
         for pending in entry["pend"]:
-            if pending["item"] == event.item_id and event.ts - self.window_s <= pending["ts"]:
+            if pending["item"] == event.item_id and (
+                event.ts - self.window_s <= pending["ts"] <= event.ts
+            ):
                 out.append(self._resolved(pending, 1, "converted"))
             else:
                 keep.append(pending)
