@@ -183,5 +183,5 @@ class ImportanceEngine:
             self.watermark = float(meta["watermark"])
         except StateError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise StateError(f"unusable model state: {exc!r}") from None
