@@ -14,6 +14,7 @@ pickled, so loading state read from a topic cannot execute code.
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,15 @@ def decode_array(data: dict[str, Any]) -> np.ndarray:
         dtype_name = data["dtype"]
         shape = tuple(int(n) for n in data["shape"])
         raw = base64.b64decode(data["b64"], validate=True)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, OverflowError, TypeError, ValueError) as exc:
         raise StateError(f"malformed array: {exc}") from None
     if dtype_name not in _ALLOWED_DTYPES:
         raise StateError(f"dtype {dtype_name!r} not allowed")
     dtype = np.dtype(dtype_name).newbyteorder("<")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if any(n < 0 for n in shape) or expected != len(raw):
         raise StateError(f"array of shape {shape} does not match {len(raw)} bytes")
-    return np.frombuffer(raw, dtype=dtype).astype(dtype_name).reshape(shape).copy()
+    try:
+        return np.frombuffer(raw, dtype=dtype).astype(dtype_name).reshape(shape).copy()
+    except ValueError as exc:  # e.g. an empty array with a dimension numpy cannot index
+        raise StateError(f"array of shape {shape} cannot be built: {exc}") from None
