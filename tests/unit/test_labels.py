@@ -1,0 +1,257 @@
+"""Delayed labels by attribution of conversions to earlier exposures."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+
+from models.events import validate_event
+from models.labels import LabelAttribution
+
+TS = 1_511_658_000.0
+WINDOW = 1800.0
+_ids = itertools.count()
+
+
+def ev(etype: str, user=1, item=9, ts: float = TS, **extra):
+    return validate_event(
+        {
+            "event_id": f"e{next(_ids)}",
+            "user_id": user,
+            "item_id": item,
+            "type": etype,
+            "ts": ts,
+            **extra,
+        },
+        now=float("inf"),
+    )
+
+
+def labels_of(resolved):
+    return sorted((r.event.event_id, r.label, r.reason) for r in resolved)
+
+
+@pytest.fixture
+def store():
+    return {}
+
+
+@pytest.fixture
+def attr(store):
+    return LabelAttribution(store, window_s=WINDOW)
+
+
+@pytest.mark.parametrize("conversion", ["cart", "fav", "purchase", "buy", "addtocart"])
+def test_conversion_of_same_item_by_same_user_is_positive(attr, conversion):
+    view = ev("view")
+    assert attr.track(0, view, {"importance": 0.7, "keep": True}) == []
+    assert attr.pending(0) == 1
+    out = attr.convert(0, ev(conversion, ts=TS + 600))
+    assert len(out) == 1
+    r = out[0]
+    assert (r.label, r.reason) == (1, "converted")
+    assert r.event == view  # the exposure comes back as it was tracked
+    assert r.info == {"importance": 0.7, "keep": True}
+    assert attr.pending(0) == 0
+    assert attr.resolved == 1 and attr.evicted == 0
+
+
+def test_all_pending_exposures_of_the_item_convert(attr, store):
+    views = [ev("view", ts=TS), ev("click", ts=TS + 10), ev("impression", ts=TS + 20)]
+    other_item = ev("view", item=10, ts=TS + 30)
+    for v in [*views, other_item]:
+        attr.track(0, v, {})
+    out = attr.convert(0, ev("purchase", ts=TS + 100))
+    assert labels_of(out) == sorted((v.event_id, 1, "converted") for v in views)
+    assert attr.pending(0) == 1
+    assert [p["item"] for p in store["1"]["pend"]] == ["10"]
+
+
+def test_conversion_of_another_item_or_by_another_user_is_not_attributed(attr, store):
+    view = ev("view", user=1, item=9)
+    attr.track(0, view, {})
+    assert attr.convert(0, ev("cart", user=1, item=10, ts=TS + 60)) == []
+    assert attr.convert(0, ev("cart", user=2, item=9, ts=TS + 60)) == []
+    assert attr.pending(0) == 1
+    assert store["1"]["pend"][0]["event"]["event_id"] == view.event_id
+
+
+def test_ids_compare_as_strings(attr):
+    # An integer id and its decimal string are the same user and item.
+    attr.track(0, ev("view", user=5, item=77), {})
+    out = attr.convert(0, ev("cart", user="5", item="77", ts=TS + 1))
+    assert [r.label for r in out] == [1]
+
+
+def test_negative_when_watermark_passes_ts_plus_window(attr):
+    view = ev("view")
+    attr.track(0, view, {"x": 1})
+    assert attr.expire(0, watermark=TS + WINDOW - 1) == []
+    assert attr.expire(0, watermark=TS + WINDOW) == []  # the window is closed interval
+    out = attr.expire(0, watermark=TS + WINDOW + 0.001)
+    assert labels_of(out) == [(view.event_id, 0, "window_closed")]
+    assert out[0].info == {"x": 1}
+    assert attr.pending(0) == 0
+    assert attr.expire(0, watermark=TS + 10 * WINDOW) == []
+
+
+def test_conversion_at_the_window_edge_counts(attr):
+    view = ev("view")
+    attr.track(0, view, {})
+    out = attr.convert(0, ev("purchase", ts=TS + WINDOW))
+    assert [r.label for r in out] == [1]
+
+
+def test_conversion_after_the_window_does_not_make_it_positive(attr):
+    view = ev("view")
+    attr.track(0, view, {})
+    # A late conversion, even before any expiry ran, is outside the window.
+    assert attr.convert(0, ev("purchase", ts=TS + WINDOW + 1)) == []
+    out = attr.expire(0, watermark=TS + WINDOW + 1)
+    assert labels_of(out) == [(view.event_id, 0, "window_closed")]
+    # Once expired, a conversion finds nothing.
+    assert attr.convert(0, ev("purchase", ts=TS + WINDOW + 2)) == []
+
+
+def test_conversion_before_the_exposure_does_not_make_it_positive(attr):
+    # Out-of-order arrival: the exposure (later in event time) was tracked first, then
+    # a purchase that happened before it arrives. The view did not lead to the purchase.
+    view = ev("view", ts=TS + 600)
+    attr.track(0, view, {})
+    assert attr.convert(0, ev("purchase", ts=TS)) == []
+    assert attr.pending(0) == 1
+
+
+def test_expiry_only_closes_exposures_whose_window_closed(attr):
+    old = ev("view", user=1, ts=TS)
+    new = ev("view", user=1, item=10, ts=TS + 1000)
+    other = ev("view", user=2, ts=TS + 500)
+    for e in (old, new, other):
+        attr.track(0, e, {})
+    out = attr.expire(0, watermark=TS + WINDOW + 1)
+    assert labels_of(out) == [(old.event_id, 0, "window_closed")]
+    assert attr.pending(0) == 2
+    out = attr.expire(0, watermark=TS + 500 + WINDOW + 1)
+    assert labels_of(out) == [(other.event_id, 0, "window_closed")]
+    out = attr.expire(0, watermark=TS + 1000 + WINDOW + 1)
+    assert labels_of(out) == [(new.event_id, 0, "window_closed")]
+    assert attr.pending(0) == 0
+
+
+def test_empty_users_leave_the_store(attr, store):
+    attr.track(0, ev("view", user=1), {})
+    attr.track(0, ev("view", user=2), {})
+    attr.convert(0, ev("cart", user=1, ts=TS + 1))
+    assert set(store) == {"2"}
+    attr.expire(0, watermark=TS + WINDOW + 1)
+    assert store == {}
+
+
+def test_per_user_cap_evicts_oldest_as_negative(store):
+    attr = LabelAttribution(store, window_s=WINDOW, max_per_user=3)
+    views = [ev("view", item=i, ts=TS + i) for i in range(5)]
+    evicted = []
+    for v in views:
+        evicted.extend(attr.track(0, v, {"i": v.item_id}))
+    assert labels_of(evicted) == sorted((v.event_id, 0, "evicted") for v in views[:2])
+    assert [r.info for r in evicted] == [{"i": "0"}, {"i": "1"}]  # oldest first
+    assert attr.pending(0) == 3
+    assert [p["item"] for p in store["1"]["pend"]] == ["2", "3", "4"]
+    assert attr.evicted == 2
+    # Another user is unaffected by this user's cap.
+    other = ev("view", user=2)
+    assert attr.track(0, other, {}) == []
+    # The evicted exposures can no longer turn positive; the kept ones can.
+    assert attr.convert(0, ev("cart", item=0, ts=TS + 10)) == []
+    assert [r.label for r in attr.convert(0, ev("cart", item=4, ts=TS + 10))] == [1]
+    # Stale heap entries of evicted exposures do not resolve anything twice.
+    out = attr.expire(0, watermark=TS + 10 * WINDOW)
+    expected = [views[2], views[3], other]
+    assert labels_of(out) == sorted((v.event_id, 0, "window_closed") for v in expected)
+    assert attr.pending(0) == 0
+    assert attr.resolved == 2 + 1 + 3
+
+
+def test_global_cap_evicts_oldest_across_users(store):
+    attr = LabelAttribution(store, window_s=WINDOW, max_pending=3)
+    views = [ev("view", user=u, ts=TS + 10 * u) for u in range(6)]
+    evicted = []
+    for v in views:
+        evicted.extend(attr.track(0, v, {}))
+        assert attr.pending(0) <= 3
+    assert labels_of(evicted) == sorted((v.event_id, 0, "evicted") for v in views[:3])
+    assert attr.evicted == 3
+    assert set(store) == {"3", "4", "5"}
+    # The bound is per partition.
+    assert attr.track(1, ev("view", user=100), {}) == []
+    assert attr.pending(0) == 3 and attr.pending(1) == 1
+    assert attr.pending() == 4
+
+
+def test_global_cap_skips_exposures_already_converted(store):
+    attr = LabelAttribution(store, window_s=WINDOW, max_pending=2)
+    first = ev("view", user=1, ts=TS)
+    attr.track(0, first, {})
+    attr.convert(0, ev("cart", user=1, ts=TS + 1))  # leaves a stale heap entry
+    second = ev("view", user=2, ts=TS + 2)
+    third = ev("view", user=3, ts=TS + 3)
+    attr.track(0, second, {})
+    assert attr.track(0, third, {}) == []  # two pending: under the cap
+    fourth = ev("view", user=4, ts=TS + 4)
+    out = attr.track(0, fourth, {})
+    assert labels_of(out) == [(second.event_id, 0, "evicted")]
+    assert attr.pending(0) == 2
+
+
+def test_rebuild_after_restart(store):
+    before = LabelAttribution(store, window_s=WINDOW)
+    a = ev("view", user=1, ts=TS)
+    b = ev("click", user=2, item=3, ts=TS + 100, position=2, context={"d": "ios"})
+    c = ev("view", user=3, ts=TS + 5000)
+    before.track(0, a, {"importance": 0.1})
+    before.track(0, b, {"importance": 0.2})
+    before.track(1, c, {})
+    # The store (a changelog table in the worker) is all that survives; it is plain
+    # JSON-safe data.
+    persisted = orjson.loads(orjson.dumps(store))
+
+    after = LabelAttribution(persisted, window_s=WINDOW)
+    assert after.pending(0) == 2
+    assert after.pending(1) == 1
+    out = after.expire(0, watermark=TS + 100 + WINDOW + 1)
+    assert labels_of(out) == sorted(
+        [(a.event_id, 0, "window_closed"), (b.event_id, 0, "window_closed")]
+    )
+    # The exposure comes back with every field it had, and its recorded info.
+    back = {r.event.event_id: r for r in out}
+    assert back[b.event_id].event == b
+    assert back[b.event_id].info == {"importance": 0.2}
+    assert after.pending(0) == 0
+    # Partition 1 is untouched by partition 0's expiry and still converts.
+    assert [r.label for r in after.convert(1, ev("buy", user=3, ts=TS + 5001))] == [1]
+
+
+def test_forget_partition_rebuilds_from_the_store(attr, store):
+    attr.track(0, ev("view", user=1, ts=TS), {})
+    attr.track(0, ev("view", user=2, ts=TS + 100), {})
+    attr.track(1, ev("view", user=3, ts=TS), {})
+    assert attr.pending() == 3
+    attr.forget_partition(0)
+    assert attr.pending() == 1  # only partition 1 is indexed now
+    # Another worker could have changed partition 0's entries meanwhile (e.g. resolved
+    # user 1); on next use the index is rebuilt from the store.
+    del store["1"]
+    assert attr.pending(0) == 1
+    out = attr.expire(0, watermark=TS + 100 + WINDOW + 1)
+    assert [r.event.user_id for r in out] == ["2"]
+    assert attr.pending(1) == 1
+    attr.forget_partition(7)  # unknown partition: no error
+
+
+def test_explicit_fields_survive_the_round_trip(attr):
+    view = ev("view", category_id=4, price=3.5, query="shoes", session_id="s", propensity=0.3)
+    attr.track(0, view, {})
+    (r,) = attr.convert(0, ev("cart", ts=TS + 5))
+    assert r.event == view
