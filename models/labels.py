@@ -94,10 +94,15 @@ class LabelAttribution:
 
     # -- operations -------------------------------------------------------------------
     def track(self, partition: int, event: Event, info: dict[str, Any]) -> list[Resolved]:
-        """Start waiting for the label of an exposure; returns exposures closed by bounds."""
+        """Start waiting for the label of an exposure; returns exposures closed by bounds.
+
+        Tracking the same ``event_id`` twice (a redelivery) is a no-op.
+        """
         self._ensure(partition)
         entry = self.store.get(event.user_id) or {"p": partition, "pend": []}
         pend = list(entry["pend"])
+        if any(p["event"]["event_id"] == event.event_id for p in pend):
+            return []  # the same event again (redelivered after a crash): already waiting
         pend.append({"ts": event.ts, "item": event.item_id, "event": event.to_dict(), "info": info})
         self._counts[partition] += 1
         out: list[Resolved] = []

@@ -198,6 +198,7 @@ def consume_all(
                 record = orjson.loads(msg.value())
                 record["_key"] = msg.key()
                 record["_partition"] = msg.partition()
+                record["_ts"] = msg.timestamp()[1] / 1000.0
                 records.append(record)
             if until(records):
                 break

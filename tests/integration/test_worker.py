@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import orjson
 import pytest
@@ -137,7 +138,9 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_learning(bootstrap, worker_f
     output, and the restored models continue counting updates instead of restarting."""
     from tests.integration.conftest import consume_all, produce
 
-    worker = worker_factory()
+    # 30,000 synthetic events span about 12 hours of event time; a 4-hour attribution
+    # window keeps many exposures pending across the crash.
+    worker = worker_factory(IMPORTANCE_ATTRIBUTION_WINDOW_S="14400")
     worker.start()
     events = synthetic_events(30_000, prefix="kill")
     produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["user_id"].encode())
@@ -175,3 +178,28 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_learning(bootstrap, worker_f
             )
             assert first_after["model"]["version"] >= 1
     assert "restored model" in worker.log_text()
+
+    # Pending labels survived the crash: exposures scored once, before the kill, had their
+    # label resolved and published as training samples by the restarted worker.
+    restarted_at = killed_at
+    times_scored = Counter(r["event_id"] for r in records)
+    scored_once = {r["event_id"] for r in before if times_scored[r["event_id"]] == 1}
+    training = consume_all(
+        bootstrap,
+        worker.settings.topic_training,
+        until=lambda recs: any(
+            r["_ts"] > restarted_at
+            and r["event_id"] in scored_once
+            and r["label_source"] in ("converted", "window_closed")
+            for r in recs
+        ),
+        timeout=60,
+    )
+    carried = [
+        r
+        for r in training
+        if r["_ts"] > restarted_at
+        and r["event_id"] in scored_once
+        and r["label_source"] in ("converted", "window_closed")
+    ]
+    assert carried, "no label pending at the crash was resolved after the restart"
