@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import orjson
 
+from stream_app.bench import bench_cli
 from stream_app.broker import broker_cli
 from stream_app.replay import replay_cmd
 
@@ -28,6 +29,7 @@ def main() -> None:
 
 main.add_command(broker_cli, name="broker")
 main.add_command(replay_cmd, name="replay")
+main.add_command(bench_cli, name="bench")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
