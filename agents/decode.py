@@ -9,32 +9,49 @@ from typing import Any
 
 import orjson
 
-from models.events import InvalidEvent, decode_event
+from models.events import MAX_MESSAGE_BYTES, InvalidEvent, decode_event
 from stream_app.app import app, by_user_topic, dlq_topic, events_topic
 from stream_app.metrics import counters
 
-__all__ = ["decode", "dlq_record"]
+__all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record"]
 
 log = logging.getLogger(__name__)
+
+
+#: A dead letter carries at most this much of the rejected payload (``too_large`` ones
+#: are cut here), so it always fits a topic's default 1 MB message limit.
+MAX_DLQ_RAW_BYTES = MAX_MESSAGE_BYTES
 
 
 def dlq_record(
     error: InvalidEvent, raw: bytes | None, topic: str, partition: int, offset: int
 ) -> dict[str, Any]:
-    """The dead-letter record for a rejected message (``raw`` as text, or base64)."""
+    """The dead-letter record for a rejected message (``raw`` as text, or base64).
+
+    Payloads over :data:`MAX_DLQ_RAW_BYTES` are cut to that many bytes, with
+    ``raw_truncated: true`` and the full size in ``raw_bytes``.
+    """
+    extra: dict[str, Any] = {}
     if raw is None:
         payload: str | None = None
         encoding = "null"
     else:
+        if len(raw) > MAX_DLQ_RAW_BYTES:
+            extra = {"raw_truncated": True, "raw_bytes": len(raw)}
+            raw = raw[:MAX_DLQ_RAW_BYTES]
         try:
             payload, encoding = raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        except UnicodeDecodeError as exc:
+            if extra and exc.start >= len(raw) - 3:  # the cut split a character
+                payload, encoding = raw[: exc.start].decode("utf-8"), "utf-8"
+            else:
+                payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     return {
         "error": error.code,
         "detail": error.detail,
         "raw": payload,
         "raw_encoding": encoding,
+        **extra,
         "topic": topic,
         "partition": partition,
         "offset": offset,

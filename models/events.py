@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +55,9 @@ CONVERSION_TYPES = frozenset({"cart", "fav", "purchase"})
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_STRING_CHARS = 256
 MAX_CONTEXT_KEYS = 64
+#: Deepest nesting of JSON objects and arrays accepted (the event itself is level 1).
+MAX_DEPTH = 64
+MAX_POSITION = 1_000_000
 MIN_TS = 946684800.0  # 2000-01-01T00:00:00Z
 MAX_FUTURE_S = 86400.0
 # Numbers above this are taken as epoch milliseconds (year 2286 in seconds).
@@ -62,7 +66,7 @@ _MS_THRESHOLD = 1e10
 #: Stable error codes published in the dead-letter topic, with their meaning.
 ERROR_CODES = {
     "too_large": "message over 64 KiB",
-    "bad_encoding": "message is not valid UTF-8",
+    "bad_encoding": "message is not valid UTF-8 (or has a byte order mark or lone surrogate)",
     "not_json": "message is not valid JSON",
     "not_object": "message is JSON but not an object",
     "missing_field": "a required field is absent",
@@ -75,6 +79,9 @@ ERROR_CODES = {
     "bad_timestamp": "the timestamp cannot be parsed",
     "ts_out_of_range": "the timestamp is before 2000 or more than a day in the future",
     "bad_context": "context is not a flat object of at most 64 string keys",
+    "duplicate_key": "a JSON object has the same key more than once",
+    "too_deep": "JSON objects and arrays are nested more than 64 levels deep",
+    "bad_id": "an id contains a control character (U+0000-U+001F, U+007F-U+009F)",
 }
 
 _REQUIRED = ("user_id", "item_id", "type", "ts")
@@ -145,10 +152,53 @@ def decode_event(raw: bytes, *, now: float | None = None) -> Event:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         msg = str(exc)
+        if raw[:3] == b"\xef\xbb\xbf":
+            raise InvalidEvent("bad_encoding", "UTF-8 byte order mark is not allowed") from None
         if "utf-8" in msg.lower() or "surrogate" in msg.lower():
             raise InvalidEvent("bad_encoding", msg[:200]) from None
+        if "depth limit" in msg:
+            raise InvalidEvent("too_deep", f"nested more than {MAX_DEPTH} levels") from None
         raise InvalidEvent("not_json", msg[:200]) from None
+    if type(obj) is dict:
+        # orjson silently keeps the last of duplicate keys. Every key in the raw text is
+        # followed by a colon: when the raw text has no more colons than the object has
+        # keys (the usual flat event), there is no duplicate and no nested key, and
+        # arrays alone cannot nest deeper than their count of "[" + 2.
+        colons = raw.count(b":")
+        if colons != len(obj) or raw.count(b"[") > MAX_DEPTH - 2:
+            _check_structure(raw, obj, colons)
     return validate_event(obj, now=now)
+
+
+# A "\u003a" escape (a colon) not itself escaped by a preceding backslash.
+_ESCAPED_COLON = re.compile(rb"(?<!\\)(?:\\\\)*\\u003[aA]")
+
+
+def _check_structure(raw: bytes, obj: dict, colons: int) -> None:
+    """Reject nesting deeper than :data:`MAX_DEPTH` and duplicate keys, anywhere.
+
+    Exact, without a second parse: each colon of the raw text separates a key from its
+    value or is inside a string (literally or escaped as ``\\u003a``). orjson writes one
+    colon per key and colons in strings literally, so re-encoding the parsed value gives
+    as many colons as the raw text has unless a duplicate key (with its value) was dropped.
+    """
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # else fewer containers than that
+        level: list[Any] = [obj]
+        depth = 1
+        while level:
+            if depth > MAX_DEPTH:
+                raise InvalidEvent("too_deep", f"nested more than {MAX_DEPTH} levels")
+            level = [
+                item
+                for container in level
+                for item in (container.values() if type(container) is dict else container)
+                if type(item) is dict or type(item) is list
+            ]
+            depth += 1
+    if b"\\u" in raw:
+        colons += len(_ESCAPED_COLON.findall(raw))
+    if colons != orjson.dumps(obj).count(b":"):
+        raise InvalidEvent("duplicate_key", "an object has the same key more than once")
 
 
 def validate_event(obj: Any, *, now: float | None = None) -> Event:
@@ -171,13 +221,15 @@ def validate_event(obj: Any, *, now: float | None = None) -> Event:
     ts = _timestamp(obj["ts"], time.time() if now is None else now)
 
     event_id = obj.get("event_id")
-    event_id = _derived_id(obj) if event_id is None else _string(event_id, "event_id")
+    event_id = _derived_id(obj) if event_id is None else _checked_id(event_id, "event_id")
 
     position = obj.get("position")
     if position is not None:
         position = _int(position, "position")
-        if position < 1:
-            raise InvalidEvent("out_of_range", f"'position' must be >= 1, got {position}")
+        if not 1 <= position <= MAX_POSITION:
+            raise InvalidEvent(
+                "out_of_range", f"'position' must be in [1, {MAX_POSITION}], got {position:.6g}"
+            )
     price = obj.get("price")
     if price is not None:
         price = _number(price, "price")
@@ -243,9 +295,27 @@ def _id(obj: dict, name: str) -> str:
         )
     if isinstance(value, int):
         return str(value)
-    value = _string(value, name)
+    if len(value) > MAX_STRING_CHARS:
+        raise InvalidEvent(
+            "string_too_long", f"'{name}' has {len(value)} characters > {MAX_STRING_CHARS}"
+        )
     if not value:
         raise InvalidEvent("out_of_range", f"'{name}' is an empty string")
+    if not value.isprintable() and _CONTROL.search(value):
+        raise InvalidEvent("bad_id", f"'{name}' contains a control character")
+    return value
+
+
+# Control characters (C0, DEL, C1) and lone surrogates, which JSON can carry as escapes.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _checked_id(value: Any, name: str) -> str:
+    """A string id: at most 256 characters, no control characters (they would end up in
+    keys, logs and feature names)."""
+    value = _string(value, name)
+    if not value.isprintable() and _CONTROL.search(value):
+        raise InvalidEvent("bad_id", f"'{name}' contains a control character")
     return value
 
 
@@ -335,5 +405,10 @@ def _context(value: Any) -> dict[str, str | float] | None:
 
 def _derived_id(obj: dict) -> str:
     """A content hash, so that replaying the same message yields the same id."""
-    digest = hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=12)
+    try:
+        content = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # only Python objects get here: JSON is checked
+        code = "too_deep" if "recursion" in str(exc).lower() else "wrong_type"
+        raise InvalidEvent(code, f"cannot derive an event id from the content: {exc}") from None
+    digest = hashlib.blake2b(content, digest_size=12)
     return "h-" + digest.hexdigest()

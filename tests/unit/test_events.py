@@ -390,7 +390,9 @@ plausible_ts = st.one_of(
     iso_timestamps(),
     json_values,
 )
-ids = st.one_of(json_ints, st.text(max_size=260), json_values)
+# Ids with control characters are invalid (bad_id): draw clean ones as well.
+clean_text = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=260)
+ids = st.one_of(json_ints, st.text(max_size=260), clean_text, json_values)
 aliases = st.sampled_from([*EVENT_TYPES, "pv", "buy", "addtocart", "transaction", "PV", " cart "])
 event_like = st.fixed_dictionaries(
     {
