@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.events import Event
-from models.features import embed, hashed_features
+from models.features import EMBEDDING_DIM, embed, hashed_features
 from models.importance import DEFAULT_WEIGHTS, RollingRank, blend
 from models.sampling import ImportanceSampler
 from models.scorers.base import EventFeatures
@@ -166,8 +166,15 @@ class ImportanceEngine:
         }
 
     def load_state(self, parts: Mapping[str, Mapping[str, Any]]) -> None:
-        """Restore what :meth:`to_state` produced; raises :class:`StateError` if unusable."""
+        """Restore what :meth:`to_state` produced; raises :class:`StateError` if unusable.
+
+        State read from Kafka is untrusted: besides its structure, numbers must be below
+        2**53 in magnitude (exact in JSON; counters cannot overflow later) and the KNN window
+        must have this engine's size and embedding dimension, so saved state cannot make
+        the engine allocate more memory than it was configured with.
+        """
         try:
+            _check_untrusted(parts, self.knn.window_size)
             meta = parts["meta"]
             if meta.get("schema") != STATE_SCHEMA:
                 raise StateError(f"state schema {meta.get('schema')!r} != {STATE_SCHEMA}")
@@ -183,5 +190,29 @@ class ImportanceEngine:
             self.watermark = float(meta["watermark"])
         except StateError:
             raise
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError, MemoryError) as exc:
             raise StateError(f"unusable model state: {exc!r}") from None
+
+
+#: Numbers in saved state must be exact as JSON integers (and far from int64 overflow).
+_MAX_STATE_INT = 2**53
+
+
+def _check_untrusted(parts: Any, knn_window: int) -> None:
+    """Bounds that saved state must respect before any of it is loaded."""
+    stack = [parts]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, (int, float)) and not -_MAX_STATE_INT < value < _MAX_STATE_INT:
+            raise StateError(f"number {value:.3g} in saved state is out of range")
+    knn = parts["knn"]
+    classifier = knn["classifier"]
+    for params in (knn["params"], classifier["params"]):
+        if params.get("window_size") != knn_window or params.get("features") is not None:
+            raise StateError(f"saved KNN window is not {knn_window} unnamed features")
+    if classifier.get("dim") not in (None, EMBEDDING_DIM):
+        raise StateError(f"saved KNN dimension is not {EMBEDDING_DIM}")

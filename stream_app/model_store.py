@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-__all__ = ["encode_parts", "read_snapshot"]
+from models.state import StateError
+
+__all__ = ["decode_parts", "encode_parts", "read_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,24 @@ def encode_parts(partition: int, parts: dict[str, dict[str, Any]]) -> list[tuple
     return [(f"{partition}:{name}".encode(), orjson.dumps(parts[name])) for name in order]
 
 
+def decode_parts(raw: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Parse the raw values of a snapshot: JSON objects only, else :class:`StateError`.
+
+    The bytes come from a Kafka topic anyone with write access can fill, so they are
+    only ever parsed as JSON (never unpickled or evaluated).
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        try:
+            part = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise StateError(f"model-state part {name[:64]!r} is not JSON: {exc}") from None
+        if not isinstance(part, dict):
+            raise StateError(f"model-state part {name[:64]!r} is not a JSON object")
+        parts[name] = part
+    return parts
+
+
 def read_snapshot(
     bootstrap: str, topic: str, partition: int, timeout: float = 30.0, **client_config: Any
 ) -> dict[str, dict[str, Any]] | None:
@@ -31,7 +51,8 @@ def read_snapshot(
 
     Blocking (run it in an executor from async code). Reads the partition from the
     beginning to its end offset and keeps the newest value per part. A snapshot counts
-    only when all parts written before its ``meta`` are present.
+    only when all parts written before its ``meta`` are present. Raises
+    :class:`~models.state.StateError` when a part is not a JSON object.
     """
     consumer = Consumer(
         {
@@ -72,6 +93,6 @@ def read_snapshot(
                 break
         if complete is None:
             return None
-        return {name: orjson.loads(value) for name, value in complete.items()}
+        return decode_parts(complete)
     finally:
         consumer.close()
