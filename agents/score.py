@@ -4,6 +4,7 @@ publish scores and training samples, and snapshot each partition's model."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -82,7 +83,7 @@ async def model_for(partition: int) -> PartitionModel:
     try:
         parts = await loop.run_in_executor(
             None,
-            read_snapshot,
+            functools.partial(read_snapshot, **settings.kafka_client_config()),
             resolve_bootstrap(settings),
             model_topic.get_topic_name(),
             partition,

@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=brokers,
+        broker_credentials=settings.faust_credentials(),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=1,

@@ -49,7 +49,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ __all__ = [
     "dist_dir",
     "fetch",
     "kafka_dir",
+    "metadata_error",
     "reset",
     "start",
     "state_dir",
@@ -353,28 +354,60 @@ def _accepting(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _metadata_ok(bootstrap: str, timeout: float) -> bool:
+def _metadata_ok(bootstrap: str, timeout: float, config: Mapping[str, Any] | None = None) -> bool:
     """True when a real Kafka metadata request against *bootstrap* succeeds."""
+    return metadata_error(bootstrap, timeout, config) is None
+
+
+def metadata_error(
+    bootstrap: str, timeout: float, config: Mapping[str, Any] | None = None
+) -> str | None:
+    """None when a Kafka metadata request against *bootstrap* succeeds, else why not.
+
+    *config* adds client settings, e.g. security from ``Settings.kafka_client_config()``.
+    Rejected credentials or a failed TLS handshake are reported as soon as they happen
+    ("authentication failed: ..."), not after *timeout*.
+    """
     try:
+        from confluent_kafka import KafkaError
         from confluent_kafka.admin import AdminClient
     except ImportError:  # pragma: no cover - confluent-kafka is a hard dependency
         _host, _, port = bootstrap.rpartition(":")
-        return _accepting(int(port), timeout)
+        return None if _accepting(int(port), timeout) else f"nothing listens at {bootstrap}"
     quiet = logging.getLogger(f"{__name__}.librdkafka")
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
+    errors: list[Any] = []
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
             "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)),
+            **(config or {}),
             "logger": quiet,
+            "error_cb": errors.append,
         }
     )
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except Exception:
-        return False
-    return bool(metadata.brokers)
+    fatal = {
+        KafkaError._AUTHENTICATION: "authentication failed",
+        KafkaError.SASL_AUTHENTICATION_FAILED: "authentication failed",
+        KafkaError.UNSUPPORTED_SASL_MECHANISM: "authentication failed",
+        KafkaError._SSL: "TLS failed",
+    }
+    deadline = time.monotonic() + timeout
+    last = f"no answer from {bootstrap} within {timeout:g} s"
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if admin.list_topics(timeout=max(0.1, min(1.0, remaining))).brokers:
+                return None
+        except Exception as exc:
+            last = str(exc)
+        admin.poll(0)  # serves error_cb
+        for err in errors:
+            if err.code() in fatal:
+                return f"{fatal[err.code()]}: {err.str()}"
+        if remaining <= 0:
+            return errors[-1].str() if errors else last
 
 
 # --------------------------------------------------------------------------- fetch
@@ -514,15 +547,83 @@ _LOG4J2_XML = """\
 """
 
 
-def _server_properties(paths: _Paths, port: int, controller_port: int) -> str:
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SAFE_CREDENTIAL = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+
+
+class _Sasl:
+    """Extra SASL listeners of a test broker: SASL_PLAINTEXT, and SASL_SSL with a keystore."""
+
+    def __init__(
+        self,
+        users: Mapping[str, str],
+        port: int,
+        ssl_port: int | None = None,
+        keystore: Path | None = None,
+        keystore_password: str | None = None,
+    ) -> None:
+        for name, password in users.items():
+            if not (_SAFE_CREDENTIAL.match(name) and _SAFE_CREDENTIAL.match(password)):
+                raise BrokerError("SASL user names and passwords may use only [A-Za-z0-9._~-]")
+        if keystore is not None and not (
+            keystore_password and _SAFE_CREDENTIAL.match(keystore_password)
+        ):
+            raise BrokerError("the TLS keystore needs a password of [A-Za-z0-9._~-]")
+        self.users = dict(users)
+        self.port = port
+        self.ssl_port = ssl_port if keystore is not None else None
+        self.keystore = keystore
+        self.keystore_password = keystore_password
+
+    def listeners(self) -> dict[str, int]:
+        out = {"SASL_PLAINTEXT": self.port}
+        if self.ssl_port is not None:
+            out["SASL_SSL"] = self.ssl_port
+        return out
+
+    def properties(self) -> dict[str, str]:
+        plain_users = " ".join(f'user_{name}="{pw}"' for name, pw in self.users.items())
+        props = {"sasl.enabled.mechanisms": ",".join(_SASL_MECHANISMS)}
+        for listener in self.listeners():
+            prefix = f"listener.name.{listener.lower()}"
+            props[f"{prefix}.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            )
+            for mechanism in _SASL_MECHANISMS[1:]:
+                props[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+        if self.keystore is not None:
+            prefix = "listener.name.sasl_ssl"
+            props[f"{prefix}.ssl.keystore.type"] = "PKCS12"
+            props[f"{prefix}.ssl.keystore.location"] = str(self.keystore)
+            props[f"{prefix}.ssl.keystore.password"] = str(self.keystore_password)
+            props[f"{prefix}.ssl.key.password"] = str(self.keystore_password)
+        return props
+
+    def format_args(self) -> list[str]:
+        """``kafka-storage format`` arguments creating the SCRAM credentials (KRaft)."""
+        args = []
+        for name, password in self.users.items():
+            for mechanism in _SASL_MECHANISMS[1:]:
+                args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+        return args
+
+
+def _server_properties(
+    paths: _Paths, port: int, controller_port: int, sasl: _Sasl | None = None
+) -> str:
+    extra = sasl.listeners() if sasl else {}
+    listeners = [f"PLAINTEXT://{HOST}:{port}", *(f"{n}://{HOST}:{p}" for n, p in extra.items())]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT", *(f"{n}:{n}" for n in extra)]
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": ",".join([*listeners, f"CONTROLLER://{HOST}:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(paths.data),
         "num.partitions": "1",
@@ -533,6 +634,7 @@ def _server_properties(paths: _Paths, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        **(sasl.properties() if sasl else {}),
     }
     lines = ["# Generated by stream_app.broker -- rewritten on every start."]
     lines += [f"{key}={value}" for key, value in props.items()]
@@ -561,7 +663,9 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
-def _format_storage(java: str, libs: Path, paths: _Paths) -> None:
+def _format_storage(
+    java: str, libs: Path, paths: _Paths, extra_args: tuple[str, ...] | list[str] = ()
+) -> None:
     """Format the KRaft log dir once (skipped when ``meta.properties`` exists)."""
     if paths.meta_properties.is_file():
         return
@@ -576,6 +680,7 @@ def _format_storage(java: str, libs: Path, paths: _Paths) -> None:
         _random_cluster_id(),
         "-c",
         str(paths.properties),
+        *extra_args,
     ]
     try:
         result = subprocess.run(
@@ -671,6 +776,9 @@ def start(
     controller_port: int | None = None,
     state: str | os.PathLike[str] | None = None,
     heap: str | None = None,
+    sasl_users: Mapping[str, str] | None = None,
+    ssl_keystore: str | os.PathLike[str] | None = None,
+    ssl_keystore_password: str | None = None,
 ) -> str:
     """Start (or reuse) the local Kafka broker and return its bootstrap ``host:port``.
 
@@ -680,9 +788,25 @@ def start(
     longer). *state* overrides :func:`state_dir` (data, pid file, logs). Raises
     :class:`BrokerError` if the port is taken by something else, or if the broker exits
     or does not answer in time (the message then includes the log tail).
+
+    For security tests, *sasl_users* (``{"alice": "secret"}``) adds a ``SASL_PLAINTEXT``
+    listener on port + 2 accepting PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for these users,
+    and *ssl_keystore* (a PKCS12 file with the broker's key and certificate, protected by
+    *ssl_keystore_password*) a ``SASL_SSL`` listener on port + 3. The PLAINTEXT listener
+    stays (inter-broker and readiness). SCRAM credentials are created when the storage is
+    first formatted, so give a broker with users its own *state* directory.
     """
     port, controller_port = _resolve_ports(port, controller_port)
     paths = _Paths(port, Path(state) if state is not None else None)
+    sasl = None
+    if sasl_users:
+        sasl = _Sasl(
+            sasl_users,
+            port + 2,
+            port + 3,
+            Path(ssl_keystore).resolve() if ssl_keystore is not None else None,
+            ssl_keystore_password,
+        )
     bootstrap = f"{HOST}:{port}"
     with _file_lock(paths.lock_file):
         record = _read_pid_file(paths)
@@ -691,7 +815,7 @@ def start(
             deadline = time.monotonic() + wait_timeout
             _wait_ready(record["pid"], paths, bootstrap, deadline, port=port, since=since)
             return bootstrap
-        for candidate in (port, controller_port):
+        for candidate in (port, controller_port, *(sasl.listeners().values() if sasl else ())):
             if _port_in_use(candidate):
                 raise BrokerError(
                     f"port {candidate} on {HOST} is already in use by a process that is not a "
@@ -704,8 +828,10 @@ def start(
         for directory in (paths.run, paths.logs, paths.data):
             directory.mkdir(parents=True, exist_ok=True)
         paths.log4j.write_text(_LOG4J2_XML)
-        paths.properties.write_text(_server_properties(paths, port, controller_port))
-        _format_storage(java, libs, paths)
+        paths.properties.write_text(_server_properties(paths, port, controller_port, sasl))
+        if sasl:  # holds the test users' passwords
+            paths.properties.chmod(0o600)
+        _format_storage(java, libs, paths, sasl.format_args() if sasl else [])
         heap = heap or _env("IMPORTANCE_KAFKA_HEAP") or DEFAULT_HEAP
         cmd = [*_java_base(java, libs, paths, heap), "kafka.Kafka", str(paths.properties)]
         if paths.stdout_log.exists():

@@ -38,14 +38,16 @@ main.add_command(bench_cli, name="bench")
 def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
     """Run the Faust worker (extra arguments go to ``faust worker``)."""
     from stream_app.app import resolve_bootstrap, settings
-    from stream_app.broker import _metadata_ok
+    from stream_app.broker import metadata_error
     from stream_app.worker import run_worker
 
     bootstrap = resolve_bootstrap(settings)
-    if not _metadata_ok(bootstrap, timeout=10.0):
+    error = metadata_error(bootstrap, 10.0, settings.kafka_client_config())
+    if error is not None:
         raise click.ClickException(
-            f"no Kafka broker answers at {bootstrap}: run `importance broker start` "
-            "or set KAFKA_BOOTSTRAP_SERVERS"
+            f"Kafka at {bootstrap} ({settings.security_protocol}) is not usable: {error}. "
+            "Run `importance broker start`, or check KAFKA_BOOTSTRAP_SERVERS and the "
+            "KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* / KAFKA_SSL_* settings"
         )
     run_worker(["worker", "--loglevel", loglevel, *faust_args])
 
@@ -107,6 +109,7 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
     from stream_app.topics import ensure_topics
 
     settings = Settings.from_env()
+    security = settings.kafka_client_config()
     bootstrap = bootstrap_servers(start_if_needed=True)
     click.echo(f"Kafka broker: {bootstrap}")
     ensure_topics(settings, bootstrap)
@@ -125,16 +128,17 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
         )
     click.echo(f"worker started (pid {proc.pid}), log: {log_path}")
     try:
-        before = _end_offsets(bootstrap, settings.topic_scores)
+        before = _end_offsets(bootstrap, settings.topic_scores, security)
         stats = replay(
             read_events(path, fmt, limit=limit),
             bootstrap,
             topic=settings.topic_events,
             rate=rate,
             limit=limit,
+            producer_config=security,
         )
         click.echo(f"replayed {stats.sent} events in {stats.seconds:.1f} s")
-        _wait_for_scores(bootstrap, settings.topic_scores, before + stats.sent, proc)
+        _wait_for_scores(bootstrap, settings.topic_scores, before + stats.sent, proc, security)
         click.echo(
             "\nWhere to look:\n"
             f"  scores:    {settings.topic_scores} (JSON, keyed by user_id)\n"
@@ -161,11 +165,13 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _end_offsets(bootstrap: str, topic: str) -> int:
+def _end_offsets(bootstrap: str, topic: str, security: dict[str, str] | None = None) -> int:
     """Sum of a topic's end offsets (0 when it does not exist yet)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "importance-demo"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "importance-demo", **(security or {})}
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -179,18 +185,23 @@ def _end_offsets(bootstrap: str, topic: str) -> int:
 
 
 def _wait_for_scores(
-    bootstrap: str, topic: str, target: int, proc: subprocess.Popen, timeout: float = 600.0
+    bootstrap: str,
+    topic: str,
+    target: int,
+    proc: subprocess.Popen,
+    security: dict[str, str] | None = None,
+    timeout: float = 600.0,
 ) -> None:
     """Show the worker catching up until ``topic`` holds ``target`` records."""
     from tqdm import tqdm
 
-    start = _end_offsets(bootstrap, topic)
+    start = _end_offsets(bootstrap, topic, security)
     deadline = time.monotonic() + timeout
     with tqdm(total=max(0, target - start), desc="scored", unit="ev", unit_scale=True) as bar:
         done = start
         while done < target and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(1.0)
-            now = _end_offsets(bootstrap, topic)
+            now = _end_offsets(bootstrap, topic, security)
             bar.update(now - done)
             done = now
     if proc.poll() is not None:
@@ -208,10 +219,16 @@ def tail(topic: str, count: int, bootstrap: str | None) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     from stream_app.broker import bootstrap_servers
+    from stream_app.config import Settings
 
     bootstrap = bootstrap or bootstrap_servers(start_if_needed=False)
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "importance-tail", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "importance-tail",
+            "enable.auto.commit": False,
+            **Settings.from_env().kafka_client_config(),
+        }
     )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)

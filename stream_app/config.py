@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Settings", "repo_root"]
+__all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "Settings", "repo_root"]
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def repo_root() -> Path | None:
@@ -47,11 +52,96 @@ class Settings:
     web_port: int = 6066
     data_dir: str = field(default_factory=_default_data_dir)
     processing_guarantee: str = "at_least_once"
+    # Kafka client security (every client: Faust, admin, producers, consumers).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
     @property
     def topic_by_user(self) -> str:
         """Internal topic holding valid events repartitioned by user id."""
         return f"{self.app_id}-events-by-user"
+
+    def __post_init__(self) -> None:
+        protocol = self.security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of "
+                + ", ".join(SECURITY_PROTOCOLS)
+            )
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            if self.sasl_mechanism not in (None, *SASL_MECHANISMS):
+                raise ValueError(
+                    f"KAFKA_SASL_MECHANISM={self.sasl_mechanism!r}: expected one of "
+                    + ", ".join(SASL_MECHANISMS)
+                )
+            if not self.sasl_username or not self.sasl_password:
+                raise ValueError(
+                    f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                    "KAFKA_SASL_PASSWORD"
+                )
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise ValueError(
+                f"KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                "use SASL_PLAINTEXT or SASL_SSL (credentials are never ignored silently)"
+            )
+        tls = protocol in ("SSL", "SASL_SSL")
+        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+            raise ValueError(
+                f"KAFKA_SSL_* is set but KAFKA_SECURITY_PROTOCOL is {protocol}: use SSL or SASL_SSL"
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mTLS)")
+
+    @property
+    def sasl_mechanism_or_default(self) -> str:
+        """The SASL mechanism in use (PLAIN unless ``KAFKA_SASL_MECHANISM`` says otherwise)."""
+        return self.sasl_mechanism or "PLAIN"
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """Security settings for confluent-kafka (librdkafka) clients.
+
+        Merge it into any client config: ``{"bootstrap.servers": ..., **this}``. Holds the
+        SASL password: never log it.
+        """
+        config = {"security.protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL_"):
+            config["sasl.mechanism"] = self.sasl_mechanism_or_default
+            config["sasl.username"] = self.sasl_username or ""
+            config["sasl.password"] = self.sasl_password or ""
+        if self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
+        if self.ssl_certfile:
+            config["ssl.certificate.location"] = self.ssl_certfile
+        if self.ssl_keyfile:
+            config["ssl.key.location"] = self.ssl_keyfile
+        return config
+
+    def faust_credentials(self) -> Any:
+        """Faust's ``broker_credentials`` for these settings (None for PLAINTEXT)."""
+        protocol = self.security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        import faust
+
+        context = None
+        if protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+        return faust.SASLCredentials(
+            username=self.sasl_username,
+            password=self.sasl_password,
+            mechanism=self.sasl_mechanism_or_default,
+            ssl_context=context,
+        )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -82,4 +172,11 @@ class Settings:
             web_port=int(_env("IMPORTANCE_WEB_PORT", str(cls.web_port))),
             data_dir=_env("IMPORTANCE_DATA_DIR", _default_data_dir()),
             processing_guarantee=_env("IMPORTANCE_PROCESSING_GUARANTEE", cls.processing_guarantee),
+            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
+            sasl_mechanism=(os.environ.get("KAFKA_SASL_MECHANISM") or "").upper() or None,
+            sasl_username=os.environ.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=os.environ.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=os.environ.get("KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=os.environ.get("KAFKA_SSL_KEYFILE") or None,
         )

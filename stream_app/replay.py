@@ -117,6 +117,8 @@ def replay(
     Dict events are serialised with orjson and keyed by ``str(event[key_by])`` (no key when
     ``key_by`` is None or the field is missing/null); ``bytes`` are sent verbatim without key.
     ``rate`` caps the events per second (token bucket), ``limit`` the number of events.
+    ``producer_config`` adds confluent-kafka settings, e.g. security from
+    ``Settings.kafka_client_config()``.
     Raises :class:`BrokerUnreachableError` when no broker answers a metadata request within
     ``connect_timeout`` seconds (checked before producing), :class:`ReplayError` when any
     delivery failed.
@@ -330,8 +332,14 @@ def replay_cmd(
             fmt = infer_format(file)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
+    from stream_app.config import Settings
+
     topic = topic or os.environ.get("IMPORTANCE_TOPIC_EVENTS") or "events"
     servers = _resolve_bootstrap(bootstrap)
+    try:
+        security = Settings.from_env().kafka_client_config()  # KAFKA_SECURITY_PROTOCOL, ...
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     events = read_events(file, fmt, limit=limit)  # type: ignore[arg-type]
     try:
         stats = replay(
@@ -342,6 +350,7 @@ def replay_cmd(
             limit=limit,
             key_by=key_by or None,
             progress=progress,
+            producer_config=security,
         )
     except BrokerUnreachableError as exc:
         raise click.ClickException(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_app.config import Settings
@@ -25,6 +26,8 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
     """Create the input, output, dead-letter, training and internal topics if absent.
 
     Returns the names of the topics it created. Existing topics are left as they are.
+    Connects with the security settings of ``settings``; raises ``ConnectionError`` saying
+    why (e.g. "authentication failed: ...") when the broker cannot be used.
     """
     wanted = {
         settings.topic_events: {},
@@ -37,8 +40,16 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
             "max.message.bytes": str(MODEL_STATE_MAX_BYTES),
         },
     }
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_client_config()})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        from stream_app.broker import metadata_error
+
+        reason = metadata_error(bootstrap, 5.0, settings.kafka_client_config()) or str(exc)
+        raise ConnectionError(
+            f"cannot use Kafka at {bootstrap} ({settings.security_protocol}): {reason}"
+        ) from exc
     new = [
         NewTopic(name, num_partitions=settings.partitions, replication_factor=1, config=config)
         for name, config in wanted.items()

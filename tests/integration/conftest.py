@@ -135,7 +135,8 @@ def worker_factory(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., Wor
         finally:
             os.environ.clear()
             os.environ.update(old)
-        ensure_topics(settings, bootstrap)
+        # overrides may point the worker at another (e.g. secured) broker
+        ensure_topics(settings, settings.bootstrap_servers or bootstrap)
         handle = WorkerHandle(settings, env, tmp_path / f"worker-{suffix}.log")
         handles.append(handle)
         return handle
@@ -145,9 +146,19 @@ def worker_factory(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., Wor
         handle.stop()
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes | dict[str, Any]], key=None) -> None:
-    """Produce values (dicts are JSON-encoded) and wait for every delivery."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes | dict[str, Any] | None],
+    key=None,
+    config: dict[str, Any] | None = None,
+) -> None:
+    """Produce values (dicts are JSON-encoded) and wait for every delivery.
+
+    ``config`` adds producer settings (security, ``message.max.bytes``...)."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", **(config or {})}
+    )
     errors: list[Any] = []
 
     def report(err, _msg):
@@ -174,6 +185,7 @@ def consume_all(
     *,
     until: Callable[[list[dict[str, Any]]], bool],
     timeout: float = 120.0,
+    config: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Read a topic from the beginning (JSON values) until ``until(records)`` or timeout."""
     consumer = Consumer(
@@ -182,6 +194,7 @@ def consume_all(
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            **(config or {}),
         }
     )
     records: list[dict[str, Any]] = []
