@@ -27,7 +27,7 @@ from stream_app.app import (
     settings,
     training_topic,
 )
-from stream_app.metrics import counters
+from stream_app.metrics import counters, progressive
 from stream_app.model_store import encode_parts, read_snapshot
 
 __all__ = ["score"]
@@ -111,6 +111,7 @@ def training_record(scored: dict[str, Any], label: int | None, source: str) -> b
 async def learn_resolved(model: PartitionModel, resolved: list[Resolved]) -> None:
     """Learn from exposures whose label is now known; publish the kept ones for training."""
     for item in resolved:
+        progressive.update(item.info.get("p", -1.0), item.label)  # p from before learning
         model.engine.learn(item.event, item.label)
         counters.labels_resolved += 1
         if item.reason == "evicted":
@@ -138,6 +139,7 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     if scored.keep:
         counters.kept += 1
     if ev.label is not None:
+        progressive.update(scored.p, ev.label)  # scored before score() learned the label
         if scored.keep:
             await training_topic.send(
                 key=ev.user_id.encode(), value=training_record(record, ev.label, "explicit")

@@ -56,6 +56,7 @@ class ScoredEvent:
             "event_id": ev.event_id,
             "user_id": ev.user_id,
             "item_id": ev.item_id,
+            "category_id": ev.category_id,
             "type": ev.type,
             "ts": ev.ts,
             "importance": round(self.importance, 6),

@@ -41,6 +41,7 @@ class Settings:
     topic_scores: str = "importance-scores"
     topic_dlq: str = "events-dlq"
     topic_training: str = "training-samples"
+    topic_rolling: str = "importance-rolling"
     partitions: int = 4
     attribution_window_s: float = 1800.0
     target_keep_rate: float = 0.2
@@ -60,6 +61,10 @@ class Settings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    rolling_windows: str = "5m,1h"
+    rolling_step_s: float = 60.0
+    rolling_publish_s: float = 2.0
+    api_token: str | None = field(default=None, repr=False)
 
     @property
     def topic_by_user(self) -> str:
@@ -153,6 +158,7 @@ class Settings:
             topic_scores=_env("IMPORTANCE_TOPIC_SCORES", cls.topic_scores),
             topic_dlq=_env("IMPORTANCE_TOPIC_DLQ", cls.topic_dlq),
             topic_training=_env("IMPORTANCE_TOPIC_TRAINING", cls.topic_training),
+            topic_rolling=_env("IMPORTANCE_TOPIC_ROLLING", cls.topic_rolling),
             partitions=int(_env("IMPORTANCE_PARTITIONS", str(cls.partitions))),
             attribution_window_s=float(
                 _env("IMPORTANCE_ATTRIBUTION_WINDOW_S", str(cls.attribution_window_s))
@@ -179,4 +185,10 @@ class Settings:
             ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE") or None,
             ssl_certfile=os.environ.get("KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=os.environ.get("KAFKA_SSL_KEYFILE") or None,
+            rolling_windows=_env("IMPORTANCE_ROLLING_WINDOWS", cls.rolling_windows),
+            rolling_step_s=float(_env("IMPORTANCE_ROLLING_STEP_S", str(cls.rolling_step_s))),
+            rolling_publish_s=float(
+                _env("IMPORTANCE_ROLLING_PUBLISH_S", str(cls.rolling_publish_s))
+            ),
+            api_token=os.environ.get("IMPORTANCE_API_TOKEN") or None,
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Counters", "counters"]
+from models.progressive import ProgressiveMetrics
+
+__all__ = ["Counters", "counters", "progressive"]
 
 
 @dataclass
@@ -31,3 +33,6 @@ class Counters:
 
 
 counters = Counters()
+
+#: Progressive (test-then-train) AUC and log-loss of the logistic scorer's ``p``.
+progressive = ProgressiveMetrics(window=2000)

@@ -34,6 +34,7 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
         settings.topic_scores: {},
         settings.topic_dlq: {},
         settings.topic_training: {},
+        settings.topic_rolling: {},
         settings.topic_by_user: {},
         model_state_topic(settings): {
             "cleanup.policy": "compact",

@@ -14,7 +14,9 @@ def run_worker(argv: list[str] | None = None) -> None:
 
     ensure_topics(settings, resolve_bootstrap(settings))
     import agents.decode
+    import agents.rolling
     import agents.score  # noqa: F401
+    import stream_app.web.api  # noqa: F401
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

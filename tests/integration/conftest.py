@@ -120,6 +120,7 @@ def worker_factory(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., Wor
             "IMPORTANCE_TOPIC_SCORES": f"scores-{suffix}",
             "IMPORTANCE_TOPIC_DLQ": f"dlq-{suffix}",
             "IMPORTANCE_TOPIC_TRAINING": f"training-{suffix}",
+            "IMPORTANCE_TOPIC_ROLLING": f"rolling-{suffix}",
             "IMPORTANCE_PARTITIONS": "4",
             "IMPORTANCE_DATA_DIR": str(tmp_path / f"worker-{suffix}"),
             "IMPORTANCE_WEB_PORT": str(free_port()),

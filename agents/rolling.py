@@ -1,0 +1,374 @@
+"""Rolling importance per item, category and user, over event-time windows.
+
+``importance-scores`` (keyed by user) ─► this module:
+
+* per **user**: panes of the user's importance in the table ``rolling-user`` and the
+  user's decayed top items in ``rolling-user-top-items`` (the scores topic is already
+  partitioned by user, so these tables are fed directly);
+* per **item** and per **category**: the scores are re-keyed through the internal
+  topics ``<app_id>-rolling-by-item`` / ``-rolling-by-category`` (a table write lands in
+  the partition of the event being processed, so a table keyed by item must be fed from
+  a stream partitioned by item) and summed into ``rolling-item`` / ``rolling-category``.
+
+Each table is a Faust windowed table of one-minute *panes* (``tumbling(step)``,
+changelog-backed: it survives restarts and moves with its partition). A hopping window
+(5 minutes and 1 hour by default, advancing every ``step``) is the sum of its panes, read
+when the API asks or when it is published. Why panes rather than one ``hopping(size,
+step)`` table per window size: every event would then write ``size/step`` entries per
+window size and entity (5 + 60 per entity with the defaults), each a changelog message;
+measured on this worker, Faust table writes cost a few hundred microseconds each, so that
+would cut the worker's throughput several times over. Panes cost one entry per entity
+and minute.
+
+Events are taken in small batches (``noack_take``) and acknowledged only after their
+contribution has been written: per batch, one table write per (entity, pane) instead of
+one per event. The writes go to the changelog partition of the events that produced them
+(``Table.send_changelog(partition, ...)``), as Faust's own table writes do.
+
+Changed entities are published every ``IMPORTANCE_ROLLING_PUBLISH_S`` seconds to
+``importance-rolling`` (one record per entity and window size, keyed by the entity id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+import orjson
+
+from models.rolling import (
+    add,
+    aggregate,
+    figures,
+    pane_start,
+    parse_windows,
+    update_user_top,
+    window_bounds,
+)
+from stream_app.app import app, scores_topic, settings
+
+__all__ = [
+    "ENTITIES",
+    "STATES",
+    "WINDOWS",
+    "EntityState",
+    "importance_histogram",
+    "roll_categories",
+    "roll_items",
+    "roll_scores",
+    "user_top_table",
+]
+
+log = logging.getLogger(__name__)
+
+STEP = settings.rolling_step_s
+#: window name → size in seconds, e.g. {"5m": 300.0, "1h": 3600.0}
+WINDOWS = parse_windows(settings.rolling_windows, STEP)
+#: panes older than this behind the latest event time are dropped
+RETAIN_S = max(WINDOWS.values()) + STEP
+#: half-life (event time) of a user's per-item importance in ``/api/users/{id}/top-items``
+USER_HALF_LIFE_S = 1800.0
+#: events per batch, and the longest a batch waits to fill
+BATCH = 1000
+WITHIN_S = 0.25
+
+ENTITIES = ("item", "category", "user")
+
+
+def _through_topic(entity: str) -> faust.TopicT:
+    return app.topic(
+        f"{settings.app_id}-rolling-by-{entity}",
+        partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=True,
+    )
+
+
+items_topic = _through_topic("item")
+categories_topic = _through_topic("category")
+rolling_topic = app.topic(settings.topic_rolling, key_serializer="raw", value_serializer="raw")
+
+
+def _pane_table(entity: str) -> Any:
+    return app.Table(
+        f"rolling-{entity}",
+        default=None,
+        partitions=settings.partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        help=f"importance per {entity} and {STEP:g}-second pane: [events, sum, kept, p_sum]",
+    ).tumbling(STEP, expires=RETAIN_S + STEP)
+
+
+#: user id (bytes, the same key bytes as the scores topic, so ``table_route`` finds the
+#: owner) → {"t": latest ts, "items": {item: [decayed importance, events, last ts]}}
+user_top_table = app.Table(
+    "rolling-user-top-items",
+    default=None,
+    partitions=settings.partitions,
+    schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+    help="per user: items with the most (decayed) importance",
+)
+
+#: importances of the most recent scored events, for the dashboard's histogram
+recent_importance: deque[float] = deque(maxlen=10_000)
+
+
+def table_put(table: Any, partition: int, key: Any, value: Any) -> None:
+    """Set ``table[key] = value`` in ``partition`` of its changelog.
+
+    What a table assignment inside a stream does, with the partition given explicitly
+    (the batch holds events of several partitions). Recording the key's partition lets
+    the store drop it when the partition is revoked, as it does for recovered keys.
+    """
+    store = table.data
+    store[key] = value
+    key_partition = getattr(store, "_key_partition", None)
+    if key_partition is not None:
+        key_partition[key] = partition
+    table.send_changelog(partition, key, value)
+
+
+class EntityState:
+    """One entity's pane table, its event-time clock and what changed since publishing."""
+
+    def __init__(self, entity: str, wrapper: Any) -> None:
+        self.entity = entity
+        self.wrapper = wrapper
+        self.table = wrapper.table
+        self.now = 0.0
+        self.writes = 0
+        self.dirty: dict[str, float] = {}
+        self._cache: dict[str, tuple[tuple[int, float], float, float, float, dict]] = {}
+
+    def pane_key(self, key: str, start: float) -> tuple[str, tuple[float, float]]:
+        (window_range,) = self.table.window.ranges(start)
+        return key, window_range
+
+    def put(self, partition: int, key: str, start: float, delta: list[float], ts: float) -> None:
+        """Add ``delta`` to ``key``'s pane starting at ``start``."""
+        pane = self.pane_key(key, start)
+        table_put(self.table, partition, pane, add(self.table.data.get(pane), delta))
+        self.writes += 1
+        if ts > self.now:
+            self.now = ts
+        if ts > self.dirty.get(key, 0.0):
+            self.dirty[key] = ts
+
+    def panes(self) -> Iterator[tuple[str, float, list[float]]]:
+        for (key, (start, _end)), agg in list(self.table.data.items()):
+            if agg:
+                yield key, start, agg
+
+    def current_time(self) -> float:
+        """The latest event time seen (after a restart: the latest pane recovered)."""
+        if not self.now:
+            self.now = max((start for _, start, _ in self.panes()), default=0.0)
+        return self.now
+
+    def window(self, name: str) -> tuple[float, float]:
+        """Window ``name`` as of this entity's latest event time (each table has its own
+        clock: the item and category tables trail the user table by a re-keying hop, and
+        a window read at another table's clock would look emptier than it is)."""
+        return window_bounds(self.current_time(), WINDOWS[name], STEP)
+
+    def totals(self, name: str, max_age_s: float = 1.0) -> tuple[float, float, dict]:
+        """``(start, end, {key: aggregate})`` of window ``name`` as of now.
+
+        Cached: recomputed when the table changed and the cached answer is older than
+        ``max_age_s`` seconds (the API can be polled by many dashboards).
+        """
+        start, end = self.window(name)
+        cached = self._cache.get(name)
+        now = time.monotonic()
+        if cached and (cached[0] == (self.writes, start) or now - cached[1] < max_age_s):
+            return cached[2], cached[3], cached[4]
+        totals = aggregate(self.panes(), start, end)
+        self._cache[name] = ((self.writes, start), now, start, end, totals)
+        return start, end, totals
+
+    def key_total(self, key: str, start: float, end: float) -> list[float] | None:
+        """One key's sum over the panes in ``[start, end)`` (direct lookups)."""
+        total = None
+        data = self.table.data
+        begin = start
+        while begin < end:
+            agg = data.get(self.pane_key(key, begin))
+            if agg:
+                total = add(total, agg)
+            begin += STEP
+        return total
+
+    def sweep(self) -> int:
+        """Drop panes that fell out of every window (event time); returns how many.
+
+        Local only, like Faust's own window expiry: the changelog keeps them until its
+        retention (the longest window plus two steps) deletes them.
+        """
+        horizon = self.current_time() - RETAIN_S - STEP
+        data = self.table.data
+        key_partition = getattr(data, "_key_partition", {})
+        old = [k for k in list(data.keys()) if k[1][0] < horizon]
+        for k in old:
+            data.pop(k, None)
+            key_partition.pop(k, None)
+        if old:
+            self._cache.clear()
+        return len(old)
+
+
+STATES: dict[str, EntityState] = {
+    entity: EntityState(entity, _pane_table(entity)) for entity in ENTITIES
+}
+
+
+def contribution(record: dict[str, Any]) -> list[float]:
+    """``[events, importance, kept, p]`` of one score record."""
+    return [1, float(record["importance"]), 1 if record.get("keep") else 0, float(record["p"])]
+
+
+async def roll_batch(events: list[Any]) -> None:
+    """Fold a batch of score records into the user tables; forward item and category
+    contributions to their re-keying topics."""
+    users: dict[tuple[int, str, float], list] = {}
+    tops: dict[tuple[int, str], list[tuple[str, float, float]]] = {}
+    through: dict[tuple[str, str, float], list] = {}
+    for event in events:
+        try:
+            record = orjson.loads(event.value)
+            user, item = str(record["user_id"]), str(record["item_id"])
+            ts = float(record["ts"])
+            delta = contribution(record)
+            category = record.get("category_id")
+        except Exception:  # not a score record: nothing to roll up
+            log.warning("rolling: skipping unreadable score record at %s", event.message.tp)
+            continue
+        recent_importance.append(delta[1])
+        start = pane_start(ts, STEP)
+        partition = event.message.partition
+        for bucket, key in (
+            (users, (partition, user, start)),
+            (through, ("item", item, start)),
+            *([(through, ("category", str(category), start))] if category is not None else []),
+        ):
+            entry = bucket.get(key)
+            if entry is None:
+                bucket[key] = [delta, ts]
+            else:
+                entry[0] = add(entry[0], delta)
+                entry[1] = max(entry[1], ts)
+        tops.setdefault((partition, user), []).append((item, ts, delta[1]))
+    state = STATES["user"]
+    for (partition, user, start), (delta, ts) in users.items():
+        state.put(partition, user, start, delta, ts)
+    for (partition, user), contributions in tops.items():
+        key = user.encode()
+        value = user_top_table.data.get(key)
+        for item, ts, importance in contributions:
+            value = update_user_top(value, item, ts, importance, half_life_s=USER_HALF_LIFE_S)
+        table_put(user_top_table, partition, key, value)
+    for (entity, key, start), (delta, ts) in through.items():
+        topic = items_topic if entity == "item" else categories_topic
+        await topic.send(
+            key=key.encode(), value=orjson.dumps({"id": key, "pane": start, "ts": ts, "d": delta})
+        )
+
+
+@app.agent(scores_topic)
+async def roll_scores(stream):
+    """importance-scores → rolling-user, rolling-user-top-items, rolling-by-{item,category}."""
+    async for events in stream.noack_take(BATCH, within=WITHIN_S):
+        try:
+            await roll_batch(events)
+        finally:
+            for event in events:
+                await stream.ack(event)
+
+
+async def roll_through(stream, entity: str) -> None:
+    state = STATES[entity]
+    async for events in stream.noack_take(BATCH, within=WITHIN_S):
+        try:
+            merged: dict[tuple[int, str, float], list] = {}
+            for event in events:
+                try:
+                    msg = orjson.loads(event.value)
+                    key = (event.message.partition, str(msg["id"]), float(msg["pane"]))
+                    delta, ts = [float(x) for x in msg["d"]], float(msg["ts"])
+                except Exception:
+                    log.warning("rolling: skipping unreadable message at %s", event.message.tp)
+                    continue
+                entry = merged.get(key)
+                if entry is None:
+                    merged[key] = [delta, ts]
+                else:
+                    entry[0] = add(entry[0], delta)
+                    entry[1] = max(entry[1], ts)
+            for (partition, key, start), (delta, ts) in merged.items():
+                state.put(partition, key, start, delta, ts)
+        finally:
+            for event in events:
+                await stream.ack(event)
+
+
+@app.agent(items_topic)
+async def roll_items(stream):
+    """rolling-by-item → rolling-item."""
+    await roll_through(stream, "item")
+
+
+@app.agent(categories_topic)
+async def roll_categories(stream):
+    """rolling-by-category → rolling-category."""
+    await roll_through(stream, "category")
+
+
+def rolling_record(entity: str, key: str, name: str, start: float, end: float, agg: list) -> dict:
+    """One record of the ``importance-rolling`` topic."""
+    return {
+        "entity": entity,
+        "id": key,
+        "window": name,
+        "window_start": start,
+        "window_end": end,
+        **figures(agg),
+    }
+
+
+@app.timer(interval=settings.rolling_publish_s)
+async def publish_rolling() -> None:
+    """Publish every entity that changed since the last run, for every window size, as of
+    its latest event."""
+    for entity, state in STATES.items():
+        dirty, state.dirty = state.dirty, {}
+        for key, ts in dirty.items():
+            for name, size in WINDOWS.items():
+                start, end = window_bounds(ts, size, STEP)
+                agg = state.key_total(key, start, end)
+                if agg is None:
+                    continue
+                record = rolling_record(entity, key, name, start, end, agg)
+                await rolling_topic.send(key=key.encode(), value=orjson.dumps(record))
+
+
+@app.timer(interval=30.0)
+async def sweep_rolling() -> None:
+    """Drop panes that left every window."""
+    for state in STATES.values():
+        state.sweep()
+
+
+def importance_histogram(bins: int = 20) -> dict[str, Any]:
+    """Histogram of the most recent importances (equal-width bins over [0, 1])."""
+    counts = [0] * bins
+    for value in list(recent_importance):
+        counts[min(int(value * bins), bins - 1)] += 1
+    return {
+        "edges": [round(i / bins, 6) for i in range(bins + 1)],
+        "counts": counts,
+        "n": sum(counts),
+    }
