@@ -15,10 +15,10 @@ changelog-backed: it survives restarts and moves with its partition). A hopping 
 (5 minutes and 1 hour by default, advancing every ``step``) is the sum of its panes, read
 when the API asks or when it is published. Why panes rather than one ``hopping(size,
 step)`` table per window size: every event would then write ``size/step`` entries per
-window size and entity (5 + 60 per entity with the defaults), each a changelog message;
-measured on this worker, Faust table writes cost a few hundred microseconds each, so that
-would cut the worker's throughput several times over. Panes cost one entry per entity
-and minute.
+window size and entity (5 + 60 per entity with the defaults), each a changelog message.
+Measured on this machine, a bare Faust agent consuming about 3,700 events/s fell to about
+60 with 33 hopping-window writes per event, and to 600–1,100 with 3. Panes cost one
+entry per entity and minute.
 
 Events are taken in small batches (``noack_take``) and acknowledged only after their
 contribution has been written: per batch, one table write per (entity, pane) instead of
