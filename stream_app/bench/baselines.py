@@ -7,6 +7,9 @@ without Faust.
     ``compose.Select | StandardScaler`` into ``LogisticRegression``, and river's default
     ``neighbors.KNNClassifier`` behind a ``StandardScaler``), a counter-based behaviour prior,
     ``learn_one`` on every event (label: the event is a conversion), ``produce()`` one record.
+``faust-floor``
+    :func:`run_faust_floor`: the worker's two Faust hops with the same app settings but
+    nothing in them (no engine, table or training samples): the cost of the framework.
 ``ceiling``
     A hand-tuned loop over this project's own ``models/``: batched ``consume(num_messages=…)``,
     :class:`PlainPipeline` (the same per-event path as ``agents/score.py``: decode/validate,
@@ -17,7 +20,8 @@ without Faust.
     doing this work on this machine.
 
 Both run until SIGTERM/SIGINT (or ``--max-events``) and are started as subprocesses by
-:mod:`stream_app.bench.speed`: ``python -m stream_app.bench.baselines {textbook,ceiling} …``.
+:mod:`stream_app.bench.speed`:
+``python -m stream_app.bench.baselines {textbook,faust-floor,ceiling} …``.
 """
 
 from __future__ import annotations
@@ -327,6 +331,45 @@ def run_ceiling(
     return n
 
 
+# --------------------------------------------------------------------------- Faust floor
+
+
+def run_faust_floor(argv: list[str] | None = None) -> None:
+    """The worker's two Faust hops with nothing in them: ``events`` → decode JSON →
+    ``<app>-events-by-user`` (keyed by user) → a small JSON record on the scores topic.
+
+    Same app settings as the worker (:func:`stream_app.app.create_app`, configured from the
+    same environment variables), no engine, no table, no training samples: what Faust and
+    aiokafka cost per event on their own.
+    """
+    from stream_app.app import create_app
+
+    settings = Settings.from_env()
+    app = create_app(settings)
+    raw = {"value_serializer": "raw", "key_serializer": "raw"}
+    source = app.topic(settings.topic_events, **raw)
+    by_user = app.topic(
+        settings.topic_by_user, partitions=settings.partitions, internal=True, **raw
+    )
+    scores = app.topic(settings.topic_scores, **raw)
+
+    @app.agent(source)
+    async def hop1(stream):
+        async for event in stream.events():
+            obj = orjson.loads(event.value)
+            await by_user.send(key=str(obj["user_id"]).encode(), value=event.value)
+
+    @app.agent(by_user)
+    async def hop2(stream):
+        async for event in stream.events():
+            obj = orjson.loads(event.value)
+            record = {"event_id": obj.get("event_id"), "user_id": str(obj["user_id"])}
+            await scores.send(key=event.key, value=orjson.dumps(record))
+
+    sys.argv = [sys.argv[0], *(argv or ["worker", "--loglevel", "info"])]
+    app.main()
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -371,6 +414,12 @@ def ceiling(
         bootstrap, topic, output, group, training_topic, dlq_topic, model_topic, max_events
     )
     click.echo(f"ceiling: {n} events", err=True)
+
+
+@cli.command("faust-floor")
+def faust_floor() -> None:
+    """The worker's two Faust hops without the engine (settings from the environment)."""
+    run_faust_floor()
 
 
 def partition_of(user_id: str, partitions: int) -> int:

@@ -241,6 +241,13 @@ def plot(r: dict[str, Any], img_dir: Path) -> Path:
     help="Write docs/benchmarks.md and docs/img/ (default: yes unless --quick).",
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Do not run: render the report (and docs) of a saved --json.",
+)
 def memory_cmd(
     quick: bool,
     events: int | None,
@@ -249,13 +256,14 @@ def memory_cmd(
     every: int | None,
     write_docs: bool | None,
     json_path: Path | None,
+    from_json: Path | None,
 ) -> None:
     """RSS and state sizes over millions of synthetic events and distinct users."""
     cfg = MemoryConfig.quick() if quick else MemoryConfig()
     for name, value in (("events", events), ("users", users), ("items", items), ("every", every)):
         if value is not None:
             setattr(cfg, name, value)
-    results = run_memory(cfg)
+    results = orjson.loads(from_json.read_bytes()) if from_json else run_memory(cfg)
     if json_path is not None:
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     click.echo(render_markdown(results))

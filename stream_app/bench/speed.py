@@ -70,7 +70,7 @@ class SpeedConfig:
     rate: float = 5000.0
     latency_events: int = 25_000
     micro_events: int = 20_000
-    systems: tuple[str, ...] = ("ours", "textbook", "ceiling")
+    systems: tuple[str, ...] = ("ours", "faust-floor", "textbook", "ceiling")
     bootstrap: str | None = None
     broker_port: int = DEFAULT_BROKER_PORT
     profile: Path | None = None
@@ -127,6 +127,29 @@ def input_events(n: int, skip: int = 0) -> Iterator[dict[str, Any]]:
         out["event_id"] = f"{event['event_id']}-r{rep}"
         out["ts"] = event["ts"] + rep * span
         yield out
+
+
+def git_commit() -> str | None:
+    """The commit of the code being measured (the checkout this module runs from)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{out}{' (with uncommitted changes)' if dirty else ''}"
 
 
 # --------------------------------------------------------------------------- Kafka helpers
@@ -400,7 +423,7 @@ def _start(kind: str, run: str, bootstrap: str, cfg: SpeedConfig, workdir: Path)
         "model": f"{prefix}-model-state",
     }
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"}
-    if kind == "ours":
+    if kind in ("ours", "faust-floor"):
         env |= {
             "IMPORTANCE_APP_ID": prefix,
             "IMPORTANCE_TOPIC_EVENTS": topics["events"],
@@ -413,6 +436,8 @@ def _start(kind: str, run: str, bootstrap: str, cfg: SpeedConfig, workdir: Path)
             **cfg.worker_env,
         }
         cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "info"]
+        if kind == "faust-floor":
+            cmd = [sys.executable, "-m", "stream_app.bench.baselines", "faust-floor"]
         if cfg.profile is not None:
             # pyinstrument writes its report when the worker exits (SIGTERM: clean shutdown).
             cmd[1:3] = [
@@ -519,7 +544,7 @@ def run_system(
             f"[{kind}] {done:,} events in {seconds:.1f} s: {result['events_per_s']:,.0f} ev/s, "
             f"{result['cpu_us_per_event']:.0f} CPU µs/event"
         )
-        if kind != "textbook" or result["events_per_s"] >= 1.2 * cfg.rate:
+        if kind in ("ours", "ceiling") or result["events_per_s"] >= 1.2 * cfg.rate:
             result["latency"] = _latency_phase(kind, prefix, bootstrap, cfg, collector, proc, n)
         else:
             result["latency"] = None
@@ -703,6 +728,7 @@ def run_speed(cfg: SpeedConfig) -> dict[str, Any]:
             "partitions": PARTITIONS,
         },
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "commit": git_commit(),
         "systems": {},
     }
     started = time.monotonic()
@@ -712,9 +738,10 @@ def run_speed(cfg: SpeedConfig) -> dict[str, Any]:
     with broker_for(cfg) as bootstrap, tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         results["bootstrap"] = bootstrap
         try:
-            results["transport"] = transport_latency(run, bootstrap, cfg)
             for kind in cfg.systems:
                 results["systems"][kind] = run_system(kind, run, bootstrap, cfg, Path(tmp))
+            # Last, so that the broker is warm (a fresh broker's first seconds are slow).
+            results["transport"] = transport_latency(run, bootstrap, cfg)
         finally:
             with contextlib.suppress(Exception):
                 delete_topics(bootstrap, run)
@@ -743,9 +770,13 @@ TARGETS = {
 }
 _LABELS = {
     "ours": "ours (Faust worker)",
+    "faust-floor": "Faust floor (two hops, no engine)",
     "textbook": "textbook (river pipelines)",
     "ceiling": "ceiling (plain loop, models/)",
 }
+
+
+_COLORS = {"ours": "C0", "faust-floor": "C1", "textbook": "C7", "ceiling": "C2"}
 
 
 def _fmt(x: float | None, digits: int = 0) -> str:
@@ -764,7 +795,8 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         f"Input: the {r['input']['source']} data ({r['input']['path']}) repeated to "
         f"{r['config']['events']:,} events (distinct event ids, shifted timestamps). The textbook "
         f"loop got the first {r['config']['textbook_events']:,} of them (it is too slow for "
-        f"all). The whole run took {r['seconds'] / 60:.1f} min.",
+        f"all). Code at commit {r.get('commit') or 'unknown'}; the whole run took "
+        f"{r['seconds'] / 60:.1f} min.",
         "",
         "### Throughput (input pre-loaded, one process each)",
         "",
@@ -854,7 +886,7 @@ def plot(r: dict[str, Any], img_dir: Path) -> list[Path]:
     kinds = list(s)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     values = [s[k]["events_per_s"] for k in kinds]
-    bars = ax.bar([_LABELS[k] for k in kinds], values, color=["C0", "C7", "C2"][: len(kinds)])
+    bars = ax.bar([_LABELS[k] for k in kinds], values, color=[_COLORS[k] for k in kinds])
     for bar, v in zip(bars, values, strict=True):
         ax.annotate(f"{v:,.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
     ax.axhline(TARGETS["throughput"], color="C3", ls="--", lw=1, label="target 20,000 ev/s")
@@ -907,7 +939,7 @@ def plot(r: dict[str, Any], img_dir: Path) -> list[Path]:
     "--system",
     "systems",
     multiple=True,
-    type=click.Choice(["ours", "textbook", "ceiling"]),
+    type=click.Choice(["ours", "faust-floor", "textbook", "ceiling"]),
     help="Run only these systems (repeatable; default all).",
 )
 @click.option(
@@ -941,6 +973,13 @@ def plot(r: dict[str, Any], img_dir: Path) -> list[Path]:
     default=None,
     help="Also write all numbers as JSON here.",
 )
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Do not run: render the report (and docs) of a saved --json.",
+)
 def speed_cmd(
     quick: bool,
     events: int | None,
@@ -953,6 +992,7 @@ def speed_cmd(
     worker_env: tuple[str, ...],
     write_docs: bool | None,
     json_path: Path | None,
+    from_json: Path | None,
 ) -> None:
     """Throughput and latency of the worker vs a textbook loop and a hand-tuned ceiling."""
     kw: dict[str, Any] = {"rate": rate, "bootstrap": bootstrap, "profile": profile}
@@ -967,7 +1007,7 @@ def speed_cmd(
     if systems:
         kw["systems"] = tuple(systems)
     cfg = SpeedConfig.quick(**kw) if quick else SpeedConfig(**kw)
-    results = run_speed(cfg)
+    results = orjson.loads(from_json.read_bytes()) if from_json else run_speed(cfg)
     if json_path is not None:
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if write_docs is None:

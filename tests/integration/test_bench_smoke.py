@@ -35,7 +35,7 @@ def test_speed_quick_against_the_broker(tmp_path: Path) -> None:
         log=lambda _msg: None,
     )
     r = run_speed(cfg)
-    assert set(r["systems"]) == {"ours", "textbook", "ceiling"}
+    assert set(r["systems"]) == {"ours", "faust-floor", "textbook", "ceiling"}
     for kind, res in r["systems"].items():
         expected = cfg.textbook_events if kind == "textbook" else cfg.events
         assert res["input_events"] == expected
