@@ -121,7 +121,11 @@ def test_malformed_messages_go_to_dlq(bootstrap, worker_factory):
         assert isinstance(record["offset"], int) and isinstance(record["partition"], int)
         assert record["detail"]
         if raw is not None and name != "invalid-utf8":
-            assert record["raw"] == raw.decode("utf-8")
+            if record.get("raw_truncated"):  # a dead letter carries at most 64 KiB
+                assert record["raw_bytes"] == len(raw)
+                assert raw.decode("utf-8").startswith(record["raw"])
+            else:
+                assert record["raw"] == raw.decode("utf-8")
     assert by_key["bad-invalid-utf8"]["raw_encoding"] == "base64"
     assert len(dead) == len(MALFORMED)
 
