@@ -110,6 +110,7 @@ user_top_table = app.Table(
     "rolling-user-top-items",
     default=None,
     partitions=settings.partitions,
+    key_type=bytes,  # without it the changelog is written with raw keys but read as JSON
     schema=faust.Schema(key_serializer="raw", value_serializer="json"),
     help="per user: items with the most (decayed) importance",
 )
@@ -282,6 +283,14 @@ async def roll_batch(events: list[Any]) -> None:
 async def roll_scores(stream):
     """importance-scores → rolling-user, rolling-user-top-items, rolling-by-{item,category}."""
     async for events in stream.noack_take(BATCH, within=WITHIN_S):
+        if events:
+            # The user tables are fed straight from the scores topic: Faust's own check
+            # (done once per topic) that its partitions match the tables' changelogs, so
+            # a pre-existing scores topic with another partition count stops the agent
+            # with a clear error instead of writing state to the wrong partitions.
+            topic = events[0].message.topic
+            for table in (STATES["user"].table, user_top_table):
+                table._verify_source_topic_partitions(topic)
         try:
             await roll_batch(events)
         finally:

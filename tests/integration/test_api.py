@@ -343,3 +343,44 @@ def test_bearer_token(worker_factory):
     assert http(port, f"/api/stats?token={token}")[0] == 401  # the query is for the page only
     assert http(port, "/static/dashboard.js")[0] == 200
     assert http(port, "/healthz")[0] in (200, 503)  # liveness needs no token
+
+
+def test_rolling_state_survives_a_restart(bootstrap, worker_factory):
+    """The pane tables and per-user top items come back from their changelogs."""
+    worker = worker_factory()
+    worker.start()
+    port = worker.settings.web_port
+    events = with_categories(synthetic_events(1500, prefix="restart"))
+    produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["user_id"].encode())
+    ids = {e["event_id"] for e in events}
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda rs: ids <= {r["event_id"] for r in rs},
+        timeout=180,
+    )
+    expected = {
+        (entity, window): expected_top(records, entity, window, 10)
+        for entity in ("item", "category")
+        for window in WINDOWS
+    }
+    path = {"item": "items", "category": "categories"}
+
+    def all_match():
+        return all(
+            same_top(get_json(port, f"/api/top/{path[e]}?window={w}&k=10")[1], rows)
+            for (e, w), rows in expected.items()
+        )
+
+    wait_for(all_match, timeout=60, what="top lists before the restart")
+    user = records[-1]["user_id"]
+    before = get_json(port, f"/api/users/{user}/top-items?k=10")[1]
+    assert before["items"]
+
+    worker.stop()
+    worker.start()
+    port = worker.settings.web_port
+    wait_for(all_match, timeout=60, what="top lists after the restart")
+    after = get_json(port, f"/api/users/{user}/top-items?k=10")[1]
+    assert after["items"] == before["items"]
+    assert after["as_of"] == before["as_of"]
