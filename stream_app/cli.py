@@ -144,7 +144,9 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
             f"  scores:    {settings.topic_scores} (JSON, keyed by user_id)\n"
             f"  training:  {settings.topic_training}\n"
             f"  rejected:  {settings.topic_dlq}\n"
-            f"  web:       http://{settings.web_host}:{settings.web_port}/\n"
+            f"  rolling:   {settings.topic_rolling} (per item, category, user)\n"
+            f"  dashboard: http://{settings.web_host}:{settings.web_port}/"
+            "  (API: /api/stats, /api/top/items; Prometheus: /metrics)\n"
             f"  e.g.       importance tail {settings.topic_scores} -n 5"
         )
         if keep_running:
