@@ -72,6 +72,9 @@ WINDOWS = parse_windows(settings.rolling_windows, STEP)
 RETAIN_S = max(WINDOWS.values()) + STEP
 #: half-life (event time) of a user's per-item importance in ``/api/users/{id}/top-items``
 USER_HALF_LIFE_S = 1800.0
+#: a user whose latest event is this far behind the latest user event is forgotten
+#: (its items weigh less than 1/256 of a fresh event by then)
+USER_RETAIN_S = 8 * USER_HALF_LIFE_S
 #: events per batch, and the longest a batch waits to fill
 BATCH = 1000
 WITHIN_S = 0.25
@@ -364,11 +367,26 @@ async def publish_rolling() -> None:
                 await rolling_topic.send(key=key.encode(), value=orjson.dumps(record))
 
 
+def sweep_users(now: float) -> int:
+    """Forget users idle for ``USER_RETAIN_S`` of event time before ``now``: dropped
+    locally and deleted from the changelog (a tombstone), so the table stays bounded."""
+    data = user_top_table.data
+    key_partition = getattr(data, "_key_partition", {})
+    idle = [k for k, v in list(data.items()) if v and v["t"] < now - USER_RETAIN_S]
+    for key in idle:
+        partition = key_partition.pop(key, None)
+        data.pop(key, None)
+        if partition is not None:
+            user_top_table.send_changelog(partition, key, None, value_serializer="raw")
+    return len(idle)
+
+
 @app.timer(interval=30.0)
 async def sweep_rolling() -> None:
-    """Drop panes that left every window."""
+    """Drop panes that left every window, and users idle for long."""
     for state in STATES.values():
         state.sweep()
+    sweep_users(STATES["user"].current_time())
 
 
 def importance_histogram(bins: int = 20) -> dict[str, Any]:

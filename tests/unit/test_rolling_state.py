@@ -1,0 +1,68 @@
+"""The rolling agent's table bookkeeping, without a broker: pane writes, window sums,
+event-time expiry of panes and of idle users."""
+
+from __future__ import annotations
+
+import pytest
+
+import agents.rolling as rolling
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Changelog messages the tables would send, captured instead."""
+    out: list[tuple] = []
+
+    def capture(partition, key, value, **kwargs):
+        out.append((partition, key, value))
+
+    tables = [state.table for state in rolling.STATES.values()] + [rolling.user_top_table]
+    for table in tables:
+        monkeypatch.setattr(table, "send_changelog", capture)
+        table.data.clear()
+    for state in rolling.STATES.values():
+        monkeypatch.setattr(state, "now", 0.0)
+        monkeypatch.setattr(state, "dirty", {})
+        monkeypatch.setattr(state, "_cache", {})
+    yield out
+    for table in tables:
+        table.data.clear()
+
+
+def test_panes_windows_and_expiry(sent):
+    state = rolling.STATES["item"]
+    t0 = 1_700_000_040.0  # a multiple of 60
+    state.put(2, "a", t0, [1, 0.5, 1, 0.1], t0 + 5)
+    state.put(2, "a", t0, [1, 0.25, 0, 0.3], t0 + 30)
+    state.put(1, "b", t0 + 240, [1, 0.9, 0, 0.2], t0 + 250)
+    # one changelog message per write, to the events' partition, keyed (id, pane window)
+    assert [(p, k) for p, k, _ in sent] == [
+        (2, ("a", (t0, t0 + 59.9))),
+        (2, ("a", (t0, t0 + 59.9))),
+        (1, ("b", (t0 + 240, t0 + 299.9))),
+    ]
+    assert sent[1][2] == [2, 0.75, 1, 0.4]
+    assert state.dirty == {"a": t0 + 30, "b": t0 + 250}
+    start, end, totals = state.totals("5m")
+    assert (start, end) == (t0, t0 + 300)
+    assert totals == {"a": [2, 0.75, 1, 0.4], "b": [1, 0.9, 0, 0.2]}
+    assert state.key_total("a", start, end) == [2, 0.75, 1, 0.4]
+    # a later event moves the 5-minute window past a's pane; the hour still holds it
+    state.put(0, "c", t0 + 400, [1, 0.1, 0, 0.1], t0 + 400)
+    _, _, totals = state.totals("5m", max_age_s=0)
+    assert set(totals) == {"b", "c"}
+    assert set(state.totals("1h", max_age_s=0)[2]) == {"a", "b", "c"}
+    # panes older than the longest window (+ a step) are dropped
+    state.put(0, "c", t0 + 4000, [1, 0.1, 0, 0.1], t0 + 4000)
+    assert state.sweep() == 2  # a's pane and b's
+    assert {key for key, _ in state.table.data} == {"c"}
+
+
+def test_idle_users_are_forgotten(sent):
+    table = rolling.user_top_table
+    rolling.table_put(table, 3, b"old", {"t": 1000.0, "items": {"i": [0.5, 1, 1000.0]}})
+    rolling.table_put(table, 1, b"new", {"t": 1000.0 + rolling.USER_RETAIN_S, "items": {}})
+    sent.clear()
+    assert rolling.sweep_users(1000.0 + rolling.USER_RETAIN_S + 1) == 1
+    assert set(table.data) == {b"new"}
+    assert sent == [(3, b"old", None)]  # a tombstone in the user's partition
