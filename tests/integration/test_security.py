@@ -141,6 +141,7 @@ def secure_broker(tmp_path_factory) -> Iterator[SecureBroker]:
         ssl_keystore=tls[1] if tls else None,
         ssl_keystore_password=KEYSTORE_PASSWORD if tls else None,
         wait_timeout=120,
+        heap="512m",  # a second broker on a small machine
     )
     try:
         yield SecureBroker(port, tls[0] if tls else None)
