@@ -52,7 +52,7 @@ class Decision:
 class ImportanceSampler:
     """Keep probability proportional to importance, tuned to a target keep rate."""
 
-    def __init__(self, target_rate: float = 0.2, pi_min: float = 0.01, adapt: float = 0.005):
+    def __init__(self, target_rate: float = 0.2, pi_min: float = 0.01, adapt: float = 0.02):
         if not 0.0 < target_rate <= 1.0:
             raise ValueError("target_rate must be in (0, 1]")
         self.target_rate = target_rate
