@@ -24,6 +24,7 @@ RECORD_FIELDS = {
     "event_id",
     "user_id",
     "item_id",
+    "category_id",
     "type",
     "ts",
     "importance",
