@@ -19,8 +19,8 @@ True
 
 from __future__ import annotations
 
-import math
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
