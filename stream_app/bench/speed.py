@@ -800,7 +800,8 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         f"Input: the {r['input']['source']} data ({r['input']['path']}) repeated to "
         f"{r['config']['events']:,} events (distinct event ids, shifted timestamps). The textbook "
         f"loop got the first {r['config']['textbook_events']:,} of them (it is too slow for "
-        f"all), the Faust floor the first {r['config'].get('floor_events', 0):,}. Code at commit {r.get('commit') or 'unknown'}; the whole run took "
+        f"all), the Faust floor the first {r['config'].get('floor_events', 0):,}. "
+        f"Code at commit {r.get('commit') or 'unknown'}; the whole run took "
         f"{r['seconds'] / 60:.1f} min.",
         "",
         "### Throughput (input pre-loaded, one process each)",
