@@ -77,6 +77,8 @@ class SpeedConfig:
     bootstrap: str | None = None
     broker_port: int = DEFAULT_BROKER_PORT
     profile: Path | None = None
+    #: Run "ours" from this checkout (its own ``stream_app``, ``agents``, ``models``).
+    worker_src: Path | None = None
     worker_env: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = lambda msg: click.echo(msg, err=True)
 
@@ -133,9 +135,9 @@ def input_events(n: int, skip: int = 0) -> Iterator[dict[str, Any]]:
         yield out
 
 
-def git_commit() -> str | None:
+def git_commit(where: Path | None = None) -> str | None:
     """The commit of the code being measured (the checkout this module runs from)."""
-    here = Path(__file__).resolve().parent
+    here = where or Path(__file__).resolve().parent
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
@@ -442,7 +444,7 @@ def _start(kind: str, run: str, bootstrap: str, cfg: SpeedConfig, workdir: Path)
         cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "info"]
         if kind == "faust-floor":
             cmd = [sys.executable, "-m", "stream_app.bench.baselines", "faust-floor"]
-        if cfg.profile is not None:
+        if cfg.profile is not None and kind == "ours":
             # pyinstrument writes its report when the worker exits (SIGTERM: clean shutdown).
             cmd[1:3] = [
                 "-m",
@@ -472,10 +474,19 @@ def _start(kind: str, run: str, bootstrap: str, cfg: SpeedConfig, workdir: Path)
         if kind == "ceiling":
             cmd += ["--training", topics["training"], "--dlq", topics["dlq"]]
             cmd += ["--model", topics["model"]]
+    cwd = None
+    if kind == "ours" and cfg.worker_src is not None:
+        cwd = str(cfg.worker_src)
+        env["PYTHONPATH"] = cwd
     log_path = workdir / f"{kind}.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return proc, topics, log_path
 
@@ -536,7 +547,13 @@ def run_system(
         t0, t1 = arrivals[0], arrivals[-1]
         seconds = max(t1 - t0, 1e-9)
         cpu = monitor.cpu_between(t0, t1)
+        tenth = max(1, len(arrivals) // 10)
+        deciles = [
+            (tenth - 1) / max(arrivals[i + tenth - 1] - arrivals[i], 1e-9)
+            for i in range(0, len(arrivals) - tenth + 1, tenth)
+        ]
         result |= {
+            "events_per_s_by_tenth": deciles,
             "scored": done,
             "outputs": len(collector.ids),
             "seconds": t1 - t0,
@@ -734,6 +751,7 @@ def run_speed(cfg: SpeedConfig) -> dict[str, Any]:
         },
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "commit": git_commit(),
+        "worker_commit": git_commit(cfg.worker_src) if cfg.worker_src else None,
         "systems": {},
     }
     started = time.monotonic()
@@ -801,7 +819,9 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         f"{r['config']['events']:,} events (distinct event ids, shifted timestamps). The textbook "
         f"loop got the first {r['config']['textbook_events']:,} of them (it is too slow for "
         f"all), the Faust floor the first {r['config'].get('floor_events', 0):,}. "
-        f"Code at commit {r.get('commit') or 'unknown'}; the whole run took "
+        f"Code at commit {r.get('commit') or 'unknown'}"
+        + (f" (the worker at commit {r['worker_commit']})" if r.get("worker_commit") else "")
+        + "; the whole run took "
         f"{r['seconds'] / 60:.1f} min.",
         "",
         "### Throughput (input pre-loaded, one process each)",
@@ -814,6 +834,21 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
             f"| {_LABELS[kind]} | {res['scored']:,} | {_fmt(res['events_per_s'])} | "
             f"{_fmt(res['cpu_us_per_event'])} | {_fmt(res['peak_rss_mb'])} |"
         )
+    for extra in r.get("extra_runs", []):
+        res = extra["systems"]["ours"]
+        commit = extra.get("worker_commit") or extra.get("commit") or "?"
+        lines.append(
+            f"| ours at commit {commit} ({extra.get('note', 'separate run')}) | "
+            f"{res['scored']:,} | {_fmt(res['events_per_s'])} | "
+            f"{_fmt(res['cpu_us_per_event'])} | {_fmt(res['peak_rss_mb'])} |"
+        )
+    for name, res in [("ours", s.get("ours"))] + [
+        (f"ours at commit {e.get('worker_commit') or e.get('commit')}", e["systems"]["ours"])
+        for e in r.get("extra_runs", [])
+    ]:
+        if res and res.get("events_per_s_by_tenth"):
+            tenths = " → ".join(_fmt(x) for x in res["events_per_s_by_tenth"])
+            lines += ["", f"{name}, events/s over each tenth of its run: {tenths}."]
     lines += ["", "| ratio | measured | target |", "| --- | ---: | ---: |"]
     for name, value in r["ratios"].items():
         lines.append(f"| {name} | {value:.2f}× | ≥ {TARGETS[name]:g}× |")
@@ -1021,6 +1056,24 @@ def plot(r: dict[str, Any], img_dir: Path) -> list[Path]:
     help="Also write all numbers as JSON here.",
 )
 @click.option(
+    "--worker-src",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Run the worker from this checkout (e.g. a git worktree of another commit).",
+)
+@click.option(
+    "--extra-json",
+    "extra_json",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Add the 'ours' row of another saved run (--json) to the report (repeatable).",
+)
+@click.option(
+    "--note",
+    default=None,
+    help="A note on this run, shown when it is added to another report with --extra-json.",
+)
+@click.option(
     "--from-json",
     "from_json",
     type=click.Path(exists=True, path_type=Path),
@@ -1040,9 +1093,17 @@ def speed_cmd(
     write_docs: bool | None,
     json_path: Path | None,
     from_json: Path | None,
+    worker_src: Path | None,
+    extra_json: tuple[Path, ...],
+    note: str | None,
 ) -> None:
     """Throughput and latency of the worker vs a textbook loop and a hand-tuned ceiling."""
-    kw: dict[str, Any] = {"rate": rate, "bootstrap": bootstrap, "profile": profile}
+    kw: dict[str, Any] = {
+        "rate": rate,
+        "bootstrap": bootstrap,
+        "profile": profile,
+        "worker_src": worker_src,
+    }
     if worker_env:
         kw["worker_env"] = dict(item.split("=", 1) for item in worker_env)
     if events is not None:
@@ -1055,6 +1116,10 @@ def speed_cmd(
         kw["systems"] = tuple(systems)
     cfg = SpeedConfig.quick(**kw) if quick else SpeedConfig(**kw)
     results = orjson.loads(from_json.read_bytes()) if from_json else run_speed(cfg)
+    if note:
+        results["note"] = note
+    if extra_json:
+        results["extra_runs"] = [orjson.loads(p.read_bytes()) for p in extra_json]
     if json_path is not None:
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if write_docs is None:
