@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from models.progressive import ProgressiveMetrics
 
-__all__ = ["Counters", "counters", "progressive"]
+__all__ = ["Counters", "Health", "counters", "health", "progressive"]
 
 
 @dataclass
@@ -36,3 +36,29 @@ counters = Counters()
 
 #: Progressive (test-then-train) AUC and log-loss of the logistic scorer's ``p``.
 progressive = ProgressiveMetrics(window=2000)
+
+
+@dataclass
+class Health:
+    """Whether the worker can reach Kafka, as its periodic broker check last saw it
+    (``agents/health.py``); served by ``/healthz`` and logged on every change."""
+
+    broker_connected: bool = False
+    #: wall time of the last successful check
+    last_broker_ok: float | None = None
+    #: the last check's failure, kept after the broker is back (for diagnosis)
+    last_broker_error: str | None = None
+    last_broker_error_at: float | None = None
+    #: wall time the current outage began (None while connected)
+    broker_down_since: float | None = None
+    #: outages seen since start, and how long the last finished one lasted
+    broker_outages: int = 0
+    last_outage_s: float | None = None
+    checks: int = 0
+
+    def as_dict(self) -> dict:
+        """A JSON-safe copy."""
+        return asdict(self)
+
+
+health = Health()

@@ -14,6 +14,7 @@ def run_worker(argv: list[str] | None = None) -> None:
 
     ensure_topics(settings, resolve_bootstrap(settings))
     import agents.decode
+    import agents.health
     import agents.rolling
     import agents.score  # noqa: F401
     import stream_app.web.api  # noqa: F401

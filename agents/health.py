@@ -1,0 +1,184 @@
+"""Broker health: a periodic metadata request tells whether the worker can reach Kafka.
+
+Faust and aiokafka retry on their own when the broker goes away (the consumer re-finds
+its coordinator and rejoins the group, the producer retries its batches), but they do
+not say so in one place. Every ``CHECK_INTERVAL_S`` seconds this timer asks the cluster
+for metadata over the worker's own producer connection (so it uses exactly the client
+settings of the worker, security included), records the outcome in
+:data:`stream_app.metrics.health`, logs every change (outage begins / ends, and a
+reminder while it lasts) and serves it at ``GET /healthz`` (200 when the broker answers,
+503 otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from stream_app.app import app
+from stream_app.metrics import counters, health
+
+__all__ = ["CHECK_INTERVAL_S", "RateLimitFilter", "check_broker", "record_check"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between broker checks, and the timeout of one check.
+CHECK_INTERVAL_S = 2.0
+CHECK_TIMEOUT_S = 5.0
+#: While an outage lasts, repeat the warning this often (seconds).
+REMIND_EVERY_S = 30.0
+
+_last_reminder = 0.0
+
+
+class RateLimitFilter(logging.Filter):
+    """Let through one warning/error per logger and message template every ``window``
+    seconds; the next one that passes says how many were dropped in between.
+
+    While the broker is down aiokafka retries in a tight loop and logs every attempt
+    (hundreds of lines a second); one line per kind every few seconds says the same.
+    """
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [last passed, dropped]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window:
+                seen[1] += 1
+                return False
+            dropped = int(seen[1]) if seen is not None else 0
+            self._seen[key] = [now, 0]
+        if dropped:
+            record.msg = (
+                f"{record.getMessage()} (and {dropped} similar messages in the last "
+                f"{self.window:g} s)"
+            )
+            record.args = ()
+        return True
+
+
+#: aiokafka loggers that repeat themselves on every retry while the broker is away.
+NOISY_LOGGERS = (
+    "aiokafka",  # aiokafka.client logs as "aiokafka"
+    "aiokafka.conn",
+    "aiokafka.cluster",
+    "aiokafka.consumer.fetcher",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.producer.sender",
+    "aiokafka.producer.producer",
+)
+_rate_limit = RateLimitFilter()
+for _name in NOISY_LOGGERS:
+    logging.getLogger(_name).addFilter(_rate_limit)
+
+
+def record_check(ok: bool, error: str | None = None, now: float | None = None) -> None:
+    """Update :data:`health` with one check's outcome and log transitions."""
+    global _last_reminder
+    now = time.time() if now is None else now
+    health.checks += 1
+    if ok:
+        if health.broker_down_since is not None:
+            outage = now - health.broker_down_since
+            health.broker_outages += 1
+            health.last_outage_s = round(outage, 3)
+            log.warning(
+                "Kafka broker reachable again after an outage of %.1f s (outage #%d)",
+                outage,
+                health.broker_outages,
+            )
+        elif not health.broker_connected:
+            log.info("Kafka broker reachable")
+        health.broker_connected = True
+        health.broker_down_since = None
+        health.last_broker_ok = now
+        return
+    health.last_broker_error = error or "unknown error"
+    health.last_broker_error_at = now
+    if health.broker_connected or health.broker_down_since is None:
+        # the outage starts at the last moment the broker was known to answer
+        health.broker_down_since = health.last_broker_ok or now
+        _last_reminder = now
+        log.warning(
+            "Kafka broker unreachable: %s (the worker keeps retrying; /healthz reports 503)",
+            health.last_broker_error,
+        )
+    elif now - _last_reminder >= REMIND_EVERY_S:
+        _last_reminder = now
+        log.warning(
+            "Kafka broker still unreachable after %.0f s: %s",
+            now - health.broker_down_since,
+            health.last_broker_error,
+        )
+    health.broker_connected = False
+
+
+async def probe() -> None:
+    """One metadata request over the worker's producer connection; raises on failure."""
+    producer = getattr(app.producer, "_producer", None)  # aiokafka producer, once started
+    if producer is None:
+        raise RuntimeError("producer not started")
+    await producer.client.fetch_all_metadata()
+
+
+@app.timer(interval=CHECK_INTERVAL_S)
+async def check_broker() -> None:
+    """Check that the broker answers; never raises (a crash here would stop the app)."""
+    try:
+        await asyncio.wait_for(probe(), timeout=CHECK_TIMEOUT_S)
+    except asyncio.CancelledError:
+        raise
+    except asyncio.TimeoutError:
+        record_check(False, f"no metadata answer within {CHECK_TIMEOUT_S:g} s")
+    except Exception as exc:
+        text = str(exc)
+        name = type(exc).__name__
+        record_check(False, text if text.startswith(name) else f"{name}: {text}")
+    else:
+        record_check(True)
+
+
+def healthz_body() -> tuple[dict, int]:
+    """The ``/healthz`` document and its HTTP status."""
+    body = {
+        "status": "ok"
+        if health.broker_connected
+        else ("starting" if not health.checks else "broker_unreachable"),
+        **health.as_dict(),
+        "events_in": counters.events_in,
+        "scored": counters.scored,
+    }
+    return body, 200 if health.broker_connected else 503
+
+
+if "/healthz" not in app.web.views:  # the web API may serve its own, richer /healthz
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        body, status = healthz_body()
+        return web.json(body, status=status)
+
+
+@app.task
+async def warn_about_exactly_once() -> None:
+    """``exactly_once`` is accepted by Faust but not delivered by it here: say so."""
+    if str(getattr(app.conf.processing_guarantee, "value", app.conf.processing_guarantee)) == (
+        "exactly_once"
+    ):
+        log.warning(
+            "processing_guarantee=exactly_once is NOT exactly-once with faust-streaming "
+            "0.15.3: importance-scores, training-samples and model-state are written outside "
+            "Kafka transactions, and the worker can stall after a restart; use "
+            "at_least_once (see docs/scaling.md, 'Exactly-once')"
+        )
