@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from models.events import MAX_MESSAGE_BYTES, InvalidEvent, decode_event
-from stream_app.app import app, by_user_topic, dlq_topic, events_topic
+from stream_app.app import app, by_user_topic, dlq_topic, events_topic, settings
 from stream_app.metrics import counters
+from stream_app.offset_guard import guard_topic
 
 __all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record"]
 
@@ -58,19 +59,31 @@ def dlq_record(
     }
 
 
+#: re-reads input messages Faust skips after a rebalance (see stream_app/offset_guard.py)
+events_guard = guard_topic(app, events_topic.get_topic_name(), settings)
+
+
 @app.agent(events_topic)
 async def decode(stream):
     """events → (events-by-user | events-dlq)."""
     async for event in stream.events():
-        counters.events_in += 1
         message = event.message
-        try:
-            ev = decode_event(event.value)
-        except InvalidEvent as exc:
-            record = dlq_record(exc, event.value, message.topic, message.partition, message.offset)
-            await dlq_topic.send(key=message.key, value=orjson.dumps(record))
-            counters.dlq += 1
-            counters.dlq_by_code[exc.code] = counters.dlq_by_code.get(exc.code, 0) + 1
-            continue
-        counters.decoded += 1
-        await by_user_topic.send(key=ev.user_id.encode(), value=orjson.dumps(ev.to_dict()))
+        for missed in await events_guard.missed(message.partition, message.offset):
+            await decode_one(missed)
+        await decode_one(message, event.value)
+
+
+async def decode_one(message, value: bytes | None = None) -> None:
+    """Decode one input message (a Faust message, or one the offset guard read back)."""
+    counters.events_in += 1
+    value = message.value if value is None else value
+    try:
+        ev = decode_event(value)
+    except InvalidEvent as exc:
+        record = dlq_record(exc, value, message.topic, message.partition, message.offset)
+        await dlq_topic.send(key=message.key, value=orjson.dumps(record))
+        counters.dlq += 1
+        counters.dlq_by_code[exc.code] = counters.dlq_by_code.get(exc.code, 0) + 1
+        return
+    counters.decoded += 1
+    await by_user_topic.send(key=ev.user_id.encode(), value=orjson.dumps(ev.to_dict()))

@@ -29,6 +29,7 @@ from stream_app.app import (
 )
 from stream_app.metrics import counters, progressive
 from stream_app.model_store import encode_parts, read_snapshot
+from stream_app.offset_guard import guard_topic
 
 __all__ = ["score"]
 
@@ -159,20 +160,30 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     return record
 
 
+#: re-reads by-user messages Faust skips after a rebalance (see stream_app/offset_guard.py)
+by_user_guard = guard_topic(app, by_user_topic.get_topic_name(), settings)
+
+
 @app.agent(by_user_topic)
 async def score(stream):
     """events-by-user → importance-scores (+ training-samples, model-state)."""
     try:
         async for event in stream.events():
             partition = event.message.partition
-            try:
-                ev = validate_event(orjson.loads(event.value), now=math.inf)
-            except Exception:  # written by our own decode agent: should never happen
-                log.exception("skipping undecodable internal message at %s", event.message.tp)
-                continue
-            await process(partition, ev)
+            for missed in await by_user_guard.missed(partition, event.message.offset):
+                await score_value(partition, missed.value, missed)
+            await score_value(partition, event.value, event.message.tp)
     finally:
         await snapshot_all()
+
+
+async def score_value(partition: int, value: bytes, where: object) -> None:
+    try:
+        ev = validate_event(orjson.loads(value), now=math.inf)
+    except Exception:  # written by our own decode agent: should never happen
+        log.exception("skipping undecodable internal message at %s", where)
+        return
+    await process(partition, ev)
 
 
 @app.timer(interval=settings.snapshot_interval_s)
@@ -189,6 +200,14 @@ async def snapshot_all() -> None:
                 await model.snapshot()
             except Exception:
                 log.exception("could not snapshot partition %d", model.partition)
+
+
+@app.on_before_shutdown.connect
+async def on_shutdown(app, **kwargs) -> None:
+    """Graceful stop: save every model once the streams have drained and before the
+    producer's final flush (the agent's own ``finally`` may run after the producer
+    stopped, and a departing worker gets no revoke callback)."""
+    await snapshot_all()
 
 
 @app.on_partitions_revoked.connect
