@@ -139,7 +139,10 @@ def run_memory(cfg: MemoryConfig, log=lambda msg: click.echo(msg, err=True)) -> 
     growth_first = half["rss_mb"] - first["rss_mb"]
     growth_second = last["rss_mb"] - half["rss_mb"]
     bounded = growth_second <= max(0.1 * growth_first, 0.05 * last["rss_mb"])
+    from stream_app.bench.speed import git_commit
+
     return {
+        "commit": git_commit(),
         "config": vars(cfg),
         "events": scored,
         "distinct_users": n_users,
@@ -177,6 +180,7 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         f"{r['settings']['attribution_window_s']:g} s, at most "
         f"{r['settings']['max_pending_per_user']} pending exposures per user and "
         f"{r['settings']['max_pending_per_partition']:,} per partition). "
+        f"Code at commit {r.get('commit') or 'unknown'}; "
         f"{r['seconds']:.0f} s, {r['events_per_s']:,.0f} events/s; "
         f"{r['labels_resolved']:,} labels resolved ({r['labels_evicted']:,} by the caps), "
         f"{r['training_samples']:,} training samples, {r['snapshots']} snapshots.",
@@ -199,10 +203,32 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         f"RSS grew {r['rss_growth_first_half_mb']:.0f} MB over the first half of the run and "
         f"{r['rss_growth_second_half_mb']:.0f} MB over the second half, while distinct users "
         f"kept growing: **{verdict}**.",
+        *_breakdown(r),
         "",
         f"![RSS vs events]({img_prefix}memory-rss.png)",
     ]
     return "\n".join(lines)
+
+
+def _breakdown(r: dict[str, Any]) -> list[str]:
+    """What the RSS is made of, from the samples."""
+    s = r["samples"]
+    final = s[-1]
+    if len(s) < 3 or final["pending"] == 0:
+        return []
+    filled = next(x for x in s if x["pending"] >= 0.95 * final["pending"])
+    per_pending = (filled["rss_mb"] - s[0]["rss_mb"]) * 2**20 / filled["pending"]
+    capacity = r["config"]["partitions"] * 2**18
+    return [
+        "",
+        f"Most of the state is the pending exposures waiting for their label: they stop "
+        f"growing once the attribution window has filled (about {filled['events']:,} events "
+        f"here), at about {per_pending / 1024:.1f} KiB each (RSS growth up to then ÷ pending "
+        f"exposures; each keeps the event and the score record it was published with). "
+        f"What still grows afterwards, slower and slower, is the logistic learners' weights "
+        f"filling their hashed feature space: {final['logistic_weights']:,} of "
+        f"{capacity:,} buckets ({r['config']['partitions']} partitions × 2^18) at the end.",
+    ]
 
 
 def plot(r: dict[str, Any], img_dir: Path) -> Path:
