@@ -66,7 +66,9 @@ class SpeedConfig:
     """What to run; :meth:`quick` is the smoke-test size."""
 
     events: int = 500_000
-    textbook_events: int = 20_000
+    #: The textbook loop slows down as it runs (20,000 events took 2.6 min in the run of
+    #: docs/benchmarks.md); 10,000 keep the whole command under 15 minutes.
+    textbook_events: int = 10_000
     #: The Faust floor is a reference for the per-event cost of the framework, which does
     #: not depend on the run's length: fewer events keep the whole command under 15 min.
     floor_events: int = 100_000
