@@ -163,7 +163,7 @@ def test_top_lists_match_the_score_records(fed_worker, entity, path, window):
         return doc if same_top(doc, expected) else None
 
     try:
-        doc = wait_for(matches, timeout=60, what=f"top {path} {window}")
+        doc = wait_for(matches, timeout=180, what=f"top {path} {window}")
     except AssertionError:
         _, doc = get_json(port, f"/api/top/{path}?window={window}&k={k}")
         pytest.fail(
@@ -197,7 +197,7 @@ def test_user_top_items_match_the_score_records(fed_worker):
             )
             return doc if ok else None
 
-        doc = wait_for(matches, timeout=60, what=f"top items of {user}")
+        doc = wait_for(matches, timeout=180, what=f"top items of {user}")
         assert doc["user_id"] == user and doc["half_life_s"] == HALF_LIFE_S
         assert doc["as_of"] == max(r["ts"] for r in records if r["user_id"] == user)
 
@@ -309,7 +309,7 @@ def test_rolling_topic_records_add_up(fed_worker, bootstrap):
             for r in last.values()
         )
 
-    published = consume_all(bootstrap, worker.settings.topic_rolling, until=complete, timeout=60)
+    published = consume_all(bootstrap, worker.settings.topic_rolling, until=complete, timeout=180)
     last = {(r["entity"], r["id"], r["window"]): r for r in published}
     assert complete(published), f"{len(last)} of {len(ts_by_id) * len(WINDOWS)} keys"
     sample = next(iter(last.values()))
@@ -372,7 +372,7 @@ def test_rolling_state_survives_a_restart(bootstrap, worker_factory):
             for (e, w), rows in expected.items()
         )
 
-    wait_for(all_match, timeout=60, what="top lists before the restart")
+    wait_for(all_match, timeout=180, what="top lists before the restart")
     user = records[-1]["user_id"]
     before = get_json(port, f"/api/users/{user}/top-items?k=10")[1]
     assert before["items"]
@@ -380,7 +380,7 @@ def test_rolling_state_survives_a_restart(bootstrap, worker_factory):
     worker.stop()
     worker.start()
     port = worker.settings.web_port
-    wait_for(all_match, timeout=60, what="top lists after the restart")
+    wait_for(all_match, timeout=180, what="top lists after the restart")
     after = get_json(port, f"/api/users/{user}/top-items?k=10")[1]
     assert after["items"] == before["items"]
     assert after["as_of"] == before["as_of"]
