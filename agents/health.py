@@ -178,7 +178,8 @@ async def warn_about_exactly_once() -> None:
     ):
         log.warning(
             "processing_guarantee=exactly_once is NOT exactly-once with faust-streaming "
-            "0.15.3: importance-scores, training-samples and model-state are written outside "
-            "Kafka transactions, and the worker can stall after a restart; use "
-            "at_least_once (see docs/scaling.md, 'Exactly-once')"
+            "0.15.3: topics the app does not consume (training-samples, model-state, "
+            "events-dlq) are written outside Kafka transactions, the others in transactions "
+            "that follow the destination partition, and the worker can stall after a "
+            "restart; use at_least_once (see docs/scaling.md, 'Exactly-once')"
         )
