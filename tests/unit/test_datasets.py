@@ -323,7 +323,6 @@ def test_real_open_bandit() -> None:
 # --------------------------------------------------------------------------- obp wheel download
 
 
-@pytest.mark.slow
 def test_open_bandit_download_from_obp_wheel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
