@@ -141,17 +141,7 @@ class Worker:
             self.wait_ready(offset, timeout)
 
     def wait_ready(self, offset: int = 0, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = self.proc.returncode if self.proc else None
-                raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                if b"Worker ready" in log.read():
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
+        wait_worker_ready(self.proc, self.log_path, offset, timeout, self.name)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs."""
@@ -197,6 +187,33 @@ class Worker:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def wait_worker_ready(
+    proc: subprocess.Popen | None,
+    log_path: Path,
+    offset: int = 0,
+    timeout: float = 120.0,
+    name: str = "worker",
+) -> None:
+    """Wait until a worker process logs Faust's "Worker ready" after byte ``offset`` of its
+    log; raise with the log's tail if it exits first or takes longer than ``timeout``."""
+
+    def tail() -> str:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        return "\n".join(text.splitlines()[-60:])
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is None or proc.poll() is not None:
+            code = proc.returncode if proc else None
+            raise RuntimeError(f"{name} exited with {code}:\n{tail()}")
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            if b"Worker ready" in log.read():
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{name} not ready after {timeout} s:\n{tail()}")
 
 
 def produce(

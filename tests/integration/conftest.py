@@ -23,6 +23,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from stream_app.bench.cluster import wait_worker_ready
 from stream_app.config import Settings
 from stream_app.topics import ensure_topics
 
@@ -71,16 +72,7 @@ class WorkerHandle:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                if b"Worker ready" in log.read():
-                    return
-            time.sleep(0.25)
-        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log_tail()}")
+        wait_worker_ready(self.proc, self.log_path, offset, timeout)
 
     def kill(self) -> None:
         """SIGKILL the worker: no shutdown hooks run."""
