@@ -47,6 +47,9 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
     except KafkaException as exc:
         from stream_app.broker import metadata_error
 
+        # the raised error's traceback keeps this frame alive: drop the client first, or
+        # it goes on reconnecting (and logging) for as long as the error is referenced
+        del admin
         reason = metadata_error(bootstrap, 5.0, settings.kafka_client_config()) or str(exc)
         raise ConnectionError(
             f"cannot use Kafka at {bootstrap} ({settings.security_protocol}): {reason}"
