@@ -1,5 +1,15 @@
-"""Decode and validate input events; route invalid ones to the dead-letter topic and
-re-key valid ones by user id."""
+"""Decode and validate input events; route invalid ones to the dead-letter topic; score
+valid ones in place when they already sit in their user's partition, else re-key them by
+user id.
+
+An input message keyed by its user id with the Java client's partitioner (murmur2, what
+Kafka Streams, Faust and ``importance replay`` use) is in the partition that the by-user
+topic would give it, and the events topic is co-partitioned with the by-user topic (same
+partition count, so Faust assigns partition *p* of both to the same worker): it is scored
+right here, saving a produce and a consume per event. Any other message (unkeyed, keyed
+otherwise, or an events topic with another partition count) goes through the by-user
+topic as before. ``IMPORTANCE_SCORE_IN_PLACE=false`` sends every event through it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +18,16 @@ import logging
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 
+from agents.score import process
 from models.events import MAX_MESSAGE_BYTES, InvalidEvent, decode_event
-from stream_app.app import app, by_user_topic, dlq_topic, events_topic, settings
+from stream_app.app import app, events_topic, output, settings
 from stream_app.metrics import counters
 from stream_app.offset_guard import guard_topic
+from stream_app.topics import partition_counts
 
-__all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record"]
+__all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record", "user_partition"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,21 @@ def dlq_record(
     }
 
 
+def user_partition(key: bytes, partitions: int) -> int:
+    """The partition the Java client's default partitioner gives ``key`` (murmur2)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def score_in_place() -> bool:
+    """Whether events already in their user's partition are scored without re-keying."""
+    return (
+        settings.score_in_place
+        and partition_counts.get(settings.topic_events) == settings.partitions
+    )
+
+
+IN_PLACE = score_in_place()
+
 #: re-reads input messages Faust skips after a rebalance (see stream_app/offset_guard.py)
 events_guard = guard_topic(app, events_topic.get_topic_name(), settings)
 
@@ -81,9 +109,15 @@ async def decode_one(message, value: bytes | None = None) -> None:
         ev = decode_event(value)
     except InvalidEvent as exc:
         record = dlq_record(exc, value, message.topic, message.partition, message.offset)
-        await dlq_topic.send(key=message.key, value=orjson.dumps(record))
+        output.send(settings.topic_dlq, orjson.dumps(record), message.key)
         counters.dlq += 1
         counters.dlq_by_code[exc.code] = counters.dlq_by_code.get(exc.code, 0) + 1
         return
     counters.decoded += 1
-    await by_user_topic.send(key=ev.user_id.encode(), value=orjson.dumps(ev.to_dict()))
+    key = ev.user_id.encode()
+    partition = message.partition
+    if IN_PLACE and user_partition(key, settings.partitions) == partition:
+        counters.scored_in_place += 1
+        await process(partition, ev)
+    else:
+        output.send(settings.topic_by_user, orjson.dumps(ev.to_dict()), key)

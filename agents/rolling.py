@@ -22,8 +22,9 @@ entry per entity and minute.
 
 Events are taken in small batches (``noack_take``) and acknowledged only after their
 contribution has been written: per batch, one table write per (entity, pane) instead of
-one per event. The writes go to the changelog partition of the events that produced them
-(``Table.send_changelog(partition, ...)``), as Faust's own table writes do.
+one per event. The writes go to the changelog partition of the events that produced them,
+as Faust's own table writes do, through the worker's librdkafka producer
+(:class:`stream_app.output.ChangelogStore`).
 
 Changed entities are published every ``IMPORTANCE_ROLLING_PUBLISH_S`` seconds to
 ``importance-rolling`` (one record per entity and window size, keyed by the entity id).
@@ -49,7 +50,8 @@ from models.rolling import (
     update_user_top,
     window_bounds,
 )
-from stream_app.app import app, scores_topic, settings
+from stream_app.app import app, output, scores_topic, settings
+from stream_app.output import ChangelogStore
 
 __all__ = [
     "ENTITIES",
@@ -122,19 +124,21 @@ user_top_table = app.Table(
 recent_importance: deque[float] = deque(maxlen=10_000)
 
 
+_changelogs: dict[int, ChangelogStore] = {}
+
+
 def table_put(table: Any, partition: int, key: Any, value: Any) -> None:
-    """Set ``table[key] = value`` in ``partition`` of its changelog.
+    """Set ``table[key] = value`` in ``partition`` of its changelog (``None`` deletes).
 
     What a table assignment inside a stream does, with the partition given explicitly
-    (the batch holds events of several partitions). Recording the key's partition lets
-    the store drop it when the partition is revoked, as it does for recovered keys.
+    (the batch holds events of several partitions), written through the worker's
+    :class:`~stream_app.output.Output`. Recording the key's partition lets the store drop
+    it when the partition is revoked, as it does for recovered keys.
     """
-    store = table.data
-    store[key] = value
-    key_partition = getattr(store, "_key_partition", None)
-    if key_partition is not None:
-        key_partition[key] = partition
-    table.send_changelog(partition, key, value)
+    store = _changelogs.get(id(table))
+    if store is None:
+        store = _changelogs[id(table)] = ChangelogStore(table, output)
+    store.put(partition, key, value)
 
 
 class EntityState:
@@ -277,8 +281,10 @@ async def roll_batch(events: list[Any]) -> None:
         table_put(user_top_table, partition, key, value)
     for (entity, key, start), (delta, ts) in through.items():
         topic = items_topic if entity == "item" else categories_topic
-        await topic.send(
-            key=key.encode(), value=orjson.dumps({"id": key, "pane": start, "ts": ts, "d": delta})
+        output.send(
+            topic.get_topic_name(),
+            orjson.dumps({"id": key, "pane": start, "ts": ts, "d": delta}),
+            key.encode(),
         )
 
 
@@ -364,7 +370,7 @@ async def publish_rolling() -> None:
                 if agg is None:
                     continue
                 record = rolling_record(entity, key, name, start, end, agg)
-                await rolling_topic.send(key=key.encode(), value=orjson.dumps(record))
+                output.send(settings.topic_rolling, orjson.dumps(record), key.encode())
 
 
 def sweep_users(now: float) -> int:
@@ -377,7 +383,7 @@ def sweep_users(now: float) -> int:
         partition = key_partition.pop(key, None)
         data.pop(key, None)
         if partition is not None:
-            user_top_table.send_changelog(partition, key, None, value_serializer="raw")
+            table_put(user_top_table, partition, key, None)
     return len(idle)
 
 

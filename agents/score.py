@@ -21,22 +21,27 @@ from stream_app.app import (
     app,
     by_user_topic,
     model_topic,
+    output,
     pending_table,
     resolve_bootstrap,
-    scores_topic,
     settings,
-    training_topic,
 )
 from stream_app.metrics import counters, progressive
 from stream_app.model_store import encode_parts, read_snapshot
 from stream_app.offset_guard import guard_topic
+from stream_app.output import ChangelogStore
 
-__all__ = ["score"]
+__all__ = ["process", "score"]
 
 log = logging.getLogger(__name__)
 
+SCORES = settings.topic_scores
+TRAINING = settings.topic_training
+
+#: pending exposures per user; each entry records its partition ("p"), which is the
+#: changelog partition it is written to
 labels = LabelAttribution(
-    pending_table,
+    ChangelogStore(pending_table, output, lambda _user, entry: entry["p"]),
     window_s=settings.attribution_window_s,
     max_per_user=settings.max_pending_per_user,
     max_pending=settings.max_pending_per_partition,
@@ -109,7 +114,7 @@ def training_record(scored: dict[str, Any], label: int | None, source: str) -> b
     return orjson.dumps({**scored, "label": label, "label_source": source})
 
 
-async def learn_resolved(model: PartitionModel, resolved: list[Resolved]) -> None:
+def learn_resolved(model: PartitionModel, resolved: list[Resolved]) -> None:
     """Learn from exposures whose label is now known; publish the kept ones for training."""
     for item in resolved:
         progressive.update(item.info.get("p", -1.0), item.label)  # p from before learning
@@ -118,9 +123,10 @@ async def learn_resolved(model: PartitionModel, resolved: list[Resolved]) -> Non
         if item.reason == "evicted":
             counters.labels_evicted += 1
         if item.info.get("keep"):
-            await training_topic.send(
-                key=item.event.user_id.encode(),
-                value=training_record(item.info, item.label, item.reason),
+            output.send(
+                TRAINING,
+                training_record(item.info, item.label, item.reason),
+                item.event.user_id.encode(),
             )
             counters.training_samples += 1
 
@@ -135,25 +141,22 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     scored: ScoredEvent = engine.score(ev)
     record = scored.record(updates=engine.updates, version=engine.version)
     record["partition"] = partition
-    await scores_topic.send(key=ev.user_id.encode(), value=orjson.dumps(record))
+    key = ev.user_id.encode()
+    output.send(SCORES, orjson.dumps(record), key)
     counters.scored += 1
     if scored.keep:
         counters.kept += 1
     if ev.label is not None:
         progressive.update(scored.p, ev.label)  # scored before score() learned the label
         if scored.keep:
-            await training_topic.send(
-                key=ev.user_id.encode(), value=training_record(record, ev.label, "explicit")
-            )
+            output.send(TRAINING, training_record(record, ev.label, "explicit"), key)
             counters.training_samples += 1
     elif ev.type in EXPOSURE_TYPES:
         resolved.extend(labels.track(partition, ev, record))
     elif scored.keep:
-        await training_topic.send(
-            key=ev.user_id.encode(), value=training_record(record, None, "none")
-        )
+        output.send(TRAINING, training_record(record, None, "none"), key)
         counters.training_samples += 1
-    await learn_resolved(model, resolved)
+    learn_resolved(model, resolved)
     model.since_snapshot += 1
     if model.due():
         await model.snapshot()

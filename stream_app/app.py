@@ -10,6 +10,7 @@ from __future__ import annotations
 import faust
 
 from stream_app.config import Settings
+from stream_app.output import Output
 from stream_app.topics import MODEL_STATE_MAX_BYTES, model_state_topic
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "dlq_topic",
     "events_topic",
     "model_topic",
+    "output",
     "pending_table",
     "scores_topic",
     "settings",
@@ -71,6 +73,9 @@ def create_app(settings: Settings) -> faust.App:
 
 settings = Settings.from_env()
 app = create_app(settings)
+#: The hot path's producer (scores, training samples, dead letters, re-keyed events, table
+#: changelogs); Faust commits offsets only after it delivered (see stream_app/output.py).
+output = Output(resolve_bootstrap(settings), settings.kafka_client_config())
 
 #: Input: behaviour events, JSON, keyed any way (or not at all).
 events_topic = app.topic(settings.topic_events, value_serializer="raw", key_serializer="raw")

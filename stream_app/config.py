@@ -53,6 +53,8 @@ class Settings:
     web_port: int = 6066
     data_dir: str = field(default_factory=_default_data_dir)
     processing_guarantee: str = "at_least_once"
+    #: score events already in their user's partition without the re-keying hop
+    score_in_place: bool = True
     # Kafka client security (every client: Faust, admin, producers, consumers).
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -178,6 +180,8 @@ class Settings:
             web_port=int(_env("IMPORTANCE_WEB_PORT", str(cls.web_port))),
             data_dir=_env("IMPORTANCE_DATA_DIR", _default_data_dir()),
             processing_guarantee=_env("IMPORTANCE_PROCESSING_GUARANTEE", cls.processing_guarantee),
+            score_in_place=_env("IMPORTANCE_SCORE_IN_PLACE", "true").strip().lower()
+            not in ("0", "false", "no", "off"),
             security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
             sasl_mechanism=(os.environ.get("KAFKA_SASL_MECHANISM") or "").upper() or None,
             sasl_username=os.environ.get("KAFKA_SASL_USERNAME") or None,

@@ -19,6 +19,8 @@ class Counters:
     decoded: int = 0
     dlq: int = 0
     scored: int = 0
+    #: events scored by the decode agent because they were already in their user's partition
+    scored_in_place: int = 0
     kept: int = 0
     training_samples: int = 0
     labels_resolved: int = 0

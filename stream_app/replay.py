@@ -36,6 +36,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "compression.type": "lz4",
     "acks": "all",
     "enable.idempotence": True,
+    # the Java client's partitioner: a user's events land in the partition the worker's
+    # by-user topic would give them, so the worker scores them without re-keying
+    "partitioner": "murmur2_random",
 }
 
 _PROGRESS_EVERY = 1024  # messages between progress-bar updates

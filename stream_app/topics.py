@@ -9,12 +9,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_app.config import Settings
 
-__all__ = ["MODEL_STATE_MAX_BYTES", "ensure_topics", "model_state_topic"]
+__all__ = ["MODEL_STATE_MAX_BYTES", "ensure_topics", "model_state_topic", "partition_counts"]
 
 log = logging.getLogger(__name__)
 
 #: Largest model-state part the service writes (the topic and producer allow this much).
 MODEL_STATE_MAX_BYTES = 32 * 1024 * 1024
+
+#: topic name → number of partitions, as :func:`ensure_topics` found or made them
+partition_counts: dict[str, int] = {}
 
 
 def model_state_topic(settings: Settings) -> str:
@@ -43,7 +46,7 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
     }
     admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_client_config()})
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         from stream_app.broker import metadata_error
 
@@ -54,6 +57,12 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
         raise ConnectionError(
             f"cannot use Kafka at {bootstrap} ({settings.security_protocol}): {reason}"
         ) from exc
+    existing = set(metadata.topics)
+    for name in wanted:
+        if name in existing:
+            partition_counts[name] = len(metadata.topics[name].partitions)
+        else:
+            partition_counts[name] = settings.partitions
     new = [
         NewTopic(name, num_partitions=settings.partitions, replication_factor=1, config=config)
         for name, config in wanted.items()
