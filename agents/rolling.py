@@ -1,14 +1,16 @@
 """Rolling importance per item, category and user, over event-time windows.
 
-``importance-scores`` (keyed by user) ─► this module:
+The score agent hands every score record it publishes to :func:`observe` (in process:
+no second read of ``importance-scores``); records are folded in per batch:
 
 * per **user**: panes of the user's importance in the table ``rolling-user`` and the
-  user's decayed top items in ``rolling-user-top-items`` (the scores topic is already
-  partitioned by user, so these tables are fed directly);
-* per **item** and per **category**: the scores are re-keyed through the internal
-  topics ``<app_id>-rolling-by-item`` / ``-rolling-by-category`` (a table write lands in
-  the partition of the event being processed, so a table keyed by item must be fed from
-  a stream partitioned by item) and summed into ``rolling-item`` / ``rolling-category``.
+  user's decayed top items in ``rolling-user-top-items``, in the partition the record
+  was scored in (partitioned by user, like the tables);
+* per **item** and per **category**: contributions summed per (id, pane) are re-keyed
+  through the internal topics ``<app_id>-rolling-by-item`` / ``-rolling-by-category``
+  (a table keyed by item must be fed from a stream partitioned by item), packed into one
+  message per destination partition, and summed into ``rolling-item`` /
+  ``rolling-category`` by :func:`roll_items` / :func:`roll_categories`.
 
 Each table is a Faust windowed table of one-minute *panes* (``tumbling(step)``,
 changelog-backed: it survives restarts and moves with its partition). A hopping window
@@ -20,11 +22,13 @@ Measured on this machine, a bare Faust agent consuming about 3,700 events/s fell
 60 with 33 hopping-window writes per event, and to 600–1,100 with 3. Panes cost one
 entry per entity and minute.
 
-Events are taken in small batches (``noack_take``) and acknowledged only after their
-contribution has been written: per batch, one table write per (entity, pane) instead of
-one per event. The writes go to the changelog partition of the events that produced them,
-as Faust's own table writes do, through the worker's librdkafka producer
-(:class:`stream_app.output.ChangelogStore`).
+A batch is folded in when it is full and before every offset commit (the worker's commit
+barrier calls :func:`flush`), so what an acknowledged event contributed is written before
+its offset is committed: per batch, one table write per (entity, pane) instead of one per
+event. The writes go to the changelog partition of the records that produced them, as
+Faust's own table writes do, through the worker's librdkafka producer
+(:class:`stream_app.output.ChangelogStore`). Re-keying messages are taken in batches
+(``noack_take``) and acknowledged after their contributions are written.
 
 Changed entities are published every ``IMPORTANCE_ROLLING_PUBLISH_S`` seconds to
 ``importance-rolling`` (one record per entity and window size, keyed by the entity id).
@@ -40,6 +44,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.partitioner import murmur2
 
 from models.rolling import (
     add,
@@ -50,7 +55,7 @@ from models.rolling import (
     update_user_top,
     window_bounds,
 )
-from stream_app.app import app, output, scores_topic, settings
+from stream_app.app import app, output, settings
 from stream_app.output import ChangelogStore
 
 __all__ = [
@@ -58,10 +63,11 @@ __all__ = [
     "STATES",
     "WINDOWS",
     "EntityState",
+    "flush",
     "importance_histogram",
+    "observe",
     "roll_categories",
     "roll_items",
-    "roll_scores",
     "user_top_table",
 ]
 
@@ -77,9 +83,12 @@ USER_HALF_LIFE_S = 1800.0
 #: a user whose latest event is this far behind the latest user event is forgotten
 #: (its items weigh less than 1/256 of a fresh event by then)
 USER_RETAIN_S = 8 * USER_HALF_LIFE_S
-#: events per batch, and the longest a batch waits to fill
-BATCH = 1000
+#: score records folded in per batch (also at every offset commit), and re-keying
+#: messages taken per batch by the item and category agents (waiting at most WITHIN_S)
+BATCH = 2000
 WITHIN_S = 0.25
+#: contributions per re-keying message
+PACK = 2000
 
 ENTITIES = ("item", "category", "user")
 
@@ -96,7 +105,6 @@ def _through_topic(entity: str) -> faust.TopicT:
 
 items_topic = _through_topic("item")
 categories_topic = _through_topic("category")
-rolling_topic = app.topic(settings.topic_rolling, key_serializer="raw", value_serializer="raw")
 
 
 def _pane_table(entity: str) -> Any:
@@ -239,25 +247,54 @@ def contribution(record: dict[str, Any]) -> list[float]:
     return [1, float(record["importance"]), 1 if record.get("keep") else 0, float(record["p"])]
 
 
-async def roll_batch(events: list[Any]) -> None:
-    """Fold a batch of score records into the user tables; forward item and category
-    contributions to their re-keying topics."""
+#: score records (with their partition) not yet folded into the tables
+_buffer: list[tuple[int, dict[str, Any]]] = []
+
+
+def observe(partition: int, record: dict[str, Any]) -> None:
+    """Take one published score record of ``partition`` (called by the score agent).
+
+    Records are folded in per batch: when :data:`BATCH` have gathered, and at every
+    offset commit (the worker's commit barrier calls :func:`flush`), so everything an
+    acknowledged event contributed is written before its offset is committed.
+    """
+    _buffer.append((partition, record))
+    if len(_buffer) >= BATCH:
+        flush()
+
+
+async def flush_async() -> None:
+    """:func:`flush` for the commit barrier."""
+    flush()
+
+
+def flush() -> None:
+    """Fold the buffered records into the user tables and send the item and category
+    contributions, summed per (id, pane), to the owners of those ids."""
+    if not _buffer:
+        return
+    batch = _buffer[:]
+    _buffer.clear()
+    roll_batch(batch)
+
+
+def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
+    """Fold score records into the user tables; forward item and category contributions
+    to their re-keying topics, one message per destination partition."""
     users: dict[tuple[int, str, float], list] = {}
     tops: dict[tuple[int, str], list[tuple[str, float, float]]] = {}
     through: dict[tuple[str, str, float], list] = {}
-    for event in events:
+    for partition, record in batch:
         try:
-            record = orjson.loads(event.value)
             user, item = str(record["user_id"]), str(record["item_id"])
             ts = float(record["ts"])
             delta = contribution(record)
             category = record.get("category_id")
         except Exception:  # not a score record: nothing to roll up
-            log.warning("rolling: skipping unreadable score record at %s", event.message.tp)
+            log.warning("rolling: skipping unreadable score record of partition %d", partition)
             continue
         recent_importance.append(delta[1])
         start = pane_start(ts, STEP)
-        partition = event.message.partition
         for bucket, key in (
             (users, (partition, user, start)),
             (through, ("item", item, start)),
@@ -279,32 +316,37 @@ async def roll_batch(events: list[Any]) -> None:
         for item, ts, importance in contributions:
             value = update_user_top(value, item, ts, importance, half_life_s=USER_HALF_LIFE_S)
         table_put(user_top_table, partition, key, value)
+    send_through(through)
+
+
+def send_through(through: dict[tuple[str, str, float], list]) -> None:
+    """Send summed contributions ``{(entity, id, pane): [delta, ts]}`` to the partitions
+    that own the ids (the by-user topic's partitioner, murmur2 of the id), packed:
+    one message per destination partition and up to :data:`PACK` contributions."""
+    packs: dict[tuple[str, int], list[list]] = {}
     for (entity, key, start), (delta, ts) in through.items():
-        topic = items_topic if entity == "item" else categories_topic
-        output.send(
-            topic.get_topic_name(),
-            orjson.dumps({"id": key, "pane": start, "ts": ts, "d": delta}),
-            key.encode(),
-        )
+        destination = owner_partition(key)
+        packs.setdefault((entity, destination), []).append([key, start, ts, *delta])
+    for (entity, destination), rows in packs.items():
+        topic = (items_topic if entity == "item" else categories_topic).get_topic_name()
+        for i in range(0, len(rows), PACK):
+            output.send(topic, orjson.dumps({"rows": rows[i : i + PACK]}), None, destination)
 
 
-@app.agent(scores_topic)
-async def roll_scores(stream):
-    """importance-scores → rolling-user, rolling-user-top-items, rolling-by-{item,category}."""
-    async for events in stream.noack_take(BATCH, within=WITHIN_S):
-        if events:
-            # The user tables are fed straight from the scores topic: Faust's own check
-            # (done once per topic) that its partitions match the tables' changelogs, so
-            # a pre-existing scores topic with another partition count stops the agent
-            # with a clear error instead of writing state to the wrong partitions.
-            topic = events[0].message.topic
-            for table in (STATES["user"].table, user_top_table):
-                table._verify_source_topic_partitions(topic)
-        try:
-            await roll_batch(events)
-        finally:
-            for event in events:
-                await stream.ack(event)
+def owner_partition(key: str) -> int:
+    """The partition of ``key`` in the re-keying topics (murmur2, as for user ids)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
+
+
+def unpack(value: bytes) -> Iterator[tuple[str, float, float, list[float]]]:
+    """``(id, pane, ts, delta)`` rows of a re-keying message (packed, or one contribution
+    as written by earlier versions)."""
+    msg = orjson.loads(value)
+    if "rows" in msg:
+        for row in msg["rows"]:
+            yield str(row[0]), float(row[1]), float(row[2]), [float(x) for x in row[3:7]]
+    else:
+        yield str(msg["id"]), float(msg["pane"]), float(msg["ts"]), [float(x) for x in msg["d"]]
 
 
 async def roll_through(stream, entity: str) -> None:
@@ -314,18 +356,17 @@ async def roll_through(stream, entity: str) -> None:
             merged: dict[tuple[int, str, float], list] = {}
             for event in events:
                 try:
-                    msg = orjson.loads(event.value)
-                    key = (event.message.partition, str(msg["id"]), float(msg["pane"]))
-                    delta, ts = [float(x) for x in msg["d"]], float(msg["ts"])
+                    rows = list(unpack(event.value))
                 except Exception:
                     log.warning("rolling: skipping unreadable message at %s", event.message.tp)
                     continue
-                entry = merged.get(key)
-                if entry is None:
-                    merged[key] = [delta, ts]
-                else:
-                    entry[0] = add(entry[0], delta)
-                    entry[1] = max(entry[1], ts)
+                for key, pane, ts, delta in rows:
+                    entry = merged.get((event.message.partition, key, pane))
+                    if entry is None:
+                        merged[(event.message.partition, key, pane)] = [delta, ts]
+                    else:
+                        entry[0] = add(entry[0], delta)
+                        entry[1] = max(entry[1], ts)
             for (partition, key, start), (delta, ts) in merged.items():
                 state.put(partition, key, start, delta, ts)
         finally:

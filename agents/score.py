@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
+from agents import rolling
 from models.engine import ImportanceEngine, ScoredEvent
 from models.events import CONVERSION_TYPES, EXPOSURE_TYPES, Event, validate_event
 from models.labels import LabelAttribution, Resolved
@@ -143,6 +144,7 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     record["partition"] = partition
     key = ev.user_id.encode()
     output.send(SCORES, orjson.dumps(record), key)
+    rolling.observe(partition, record)
     counters.scored += 1
     if scored.keep:
         counters.kept += 1

@@ -16,12 +16,13 @@ def run_worker(argv: list[str] | None = None) -> None:
     import agents.decode
     import agents.health
     import agents.rolling
-    import agents.score  # noqa: F401
+    import agents.score
     import stream_app.web.api  # noqa: F401
     from stream_app.app import output
 
-    # Faust flushes its producer before every offset commit: flush ours there too.
-    output.install_barrier(app)
+    # Faust flushes its producer before every offset commit: write out the rolling
+    # batch and flush ours there too.
+    output.install_barrier(app, before=agents.rolling.flush_async)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     if not {"--loop", "-L"} & set(sys.argv) and _has_uvloop():
