@@ -50,9 +50,9 @@ from models.rolling import (
     add,
     aggregate,
     figures,
+    fold_user_top,
     pane_start,
     parse_windows,
-    update_user_top,
     window_bounds,
 )
 from stream_app.app import app, output, settings
@@ -160,15 +160,32 @@ class EntityState:
         self.writes = 0
         self.dirty: dict[str, float] = {}
         self._cache: dict[str, tuple[tuple[int, float], float, float, float, dict]] = {}
+        self._ranges: dict[float, tuple[float, float]] = {}
+        #: key → pane starts it has in the table (see :meth:`starts_of`)
+        self._index: dict[str, set[float]] = {}
+        self._indexed = -1  # table size the index matches (-1: not built)
 
     def pane_key(self, key: str, start: float) -> tuple[str, tuple[float, float]]:
-        (window_range,) = self.table.window.ranges(start)
+        window_range = self._ranges.get(start)
+        if window_range is None:
+            if len(self._ranges) > 4096:
+                self._ranges.clear()
+            (window_range,) = self.table.window.ranges(start)
+            self._ranges[start] = window_range
         return key, window_range
 
     def put(self, partition: int, key: str, start: float, delta: list[float], ts: float) -> None:
         """Add ``delta`` to ``key``'s pane starting at ``start``."""
         pane = self.pane_key(key, start)
-        table_put(self.table, partition, pane, add(self.table.data.get(pane), delta))
+        data = self.table.data
+        old = data.get(pane)
+        table_put(self.table, partition, pane, add(old, delta))
+        if old is None and self._indexed >= 0:
+            if self._indexed == len(data) - 1:
+                self._index.setdefault(key, set()).add(start)
+                self._indexed += 1
+            else:
+                self._indexed = -1  # the table changed behind the index: rebuild on use
         self.writes += 1
         if ts > self.now:
             self.now = ts
@@ -207,16 +224,29 @@ class EntityState:
         self._cache[name] = ((self.writes, start), now, start, end, totals)
         return start, end, totals
 
+    def starts_of(self, key: str) -> set[float]:
+        """The pane starts ``key`` has in the table.
+
+        From an index kept by :meth:`put` and :meth:`sweep`; rebuilt from the table when
+        its size shows that entries came or went another way (recovery from the
+        changelog, partitions revoked)."""
+        data = self.table.data
+        if self._indexed != len(data):
+            index: dict[str, set[float]] = {}
+            for k, (begin, _end) in list(data.keys()):
+                index.setdefault(k, set()).add(begin)
+            self._index, self._indexed = index, len(data)
+        return self._index.get(key, set())
+
     def key_total(self, key: str, start: float, end: float) -> list[float] | None:
-        """One key's sum over the panes in ``[start, end)`` (direct lookups)."""
+        """One key's sum over its panes in ``[start, end)``."""
         total = None
         data = self.table.data
-        begin = start
-        while begin < end:
-            agg = data.get(self.pane_key(key, begin))
-            if agg:
-                total = add(total, agg)
-            begin += STEP
+        for begin in self.starts_of(key):
+            if start <= begin < end:
+                agg = data.get(self.pane_key(key, begin))
+                if agg:
+                    total = add(total, agg)
         return total
 
     def sweep(self) -> int:
@@ -234,6 +264,7 @@ class EntityState:
             key_partition.pop(k, None)
         if old:
             self._cache.clear()
+            self._indexed = -1  # rebuilt on next use
         return len(old)
 
 
@@ -312,9 +343,9 @@ def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
         state.put(partition, user, start, delta, ts)
     for (partition, user), contributions in tops.items():
         key = user.encode()
-        value = user_top_table.data.get(key)
-        for item, ts, importance in contributions:
-            value = update_user_top(value, item, ts, importance, half_life_s=USER_HALF_LIFE_S)
+        value = fold_user_top(
+            user_top_table.data.get(key), contributions, half_life_s=USER_HALF_LIFE_S
+        )
         table_put(user_top_table, partition, key, value)
     send_through(through)
 

@@ -33,6 +33,7 @@ __all__ = [
     "add",
     "aggregate",
     "figures",
+    "fold_user_top",
     "pane_start",
     "parse_duration",
     "parse_windows",
@@ -175,21 +176,41 @@ def update_user_top(
     >>> v["items"]["a"][0], v["items"]["b"][0]
     (0.4, 0.5)
     """
-    t = float(value["t"]) if value else ts
+    return fold_user_top(value, [(item, ts, importance)], half_life_s=half_life_s, cap=cap)
+
+
+def fold_user_top(
+    value: Mapping[str, Any] | None,
+    contributions: Iterable[tuple[str, float, float]],
+    *,
+    half_life_s: float,
+    cap: int = USER_TOP_CAP,
+) -> dict[str, Any]:
+    """:func:`update_user_top` for several ``(item, ts, importance)`` events at once: the
+    value is copied once and trimmed to ``cap`` items once, at the end.
+
+    >>> v = fold_user_top(None, [("a", 100.0, 0.8), ("b", 160.0, 0.5)], half_life_s=60)
+    >>> v["items"]["a"][0], v["items"]["b"][0]
+    (0.4, 0.5)
+    """
+    t = float(value["t"]) if value else None
     items = {k: list(v) for k, v in value["items"].items()} if value else {}
-    if ts > t:
-        factor = 0.5 ** ((ts - t) / half_life_s)
-        for entry in items.values():
-            entry[0] *= factor
-        t = ts
-    contribution = importance * 0.5 ** ((t - ts) / half_life_s)
-    entry = items.get(item)
-    if entry is None:
-        items[item] = [contribution, 1, ts]
-    else:
-        entry[0] += contribution
-        entry[1] += 1
-        entry[2] = max(entry[2], ts)
+    for item, ts, importance in contributions:
+        if t is None:
+            t = ts
+        elif ts > t:
+            factor = 0.5 ** ((ts - t) / half_life_s)
+            for entry in items.values():
+                entry[0] *= factor
+            t = ts
+        contribution = importance * 0.5 ** ((t - ts) / half_life_s)
+        entry = items.get(item)
+        if entry is None:
+            items[item] = [contribution, 1, ts]
+        else:
+            entry[0] += contribution
+            entry[1] += 1
+            entry[2] = max(entry[2], ts)
     if len(items) > cap:
         for victim, _ in heapq.nsmallest(
             len(items) - cap, items.items(), key=lambda kv: (kv[1][0], kv[1][2])

@@ -37,6 +37,9 @@ main.add_command(bench_cli, name="bench")
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
 def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
     """Run the Faust worker (extra arguments go to ``faust worker``)."""
+    from stream_app.worker import use_uvloop
+
+    use_uvloop()  # before the app exists
     from stream_app.app import resolve_bootstrap, settings
     from stream_app.broker import metadata_error
     from stream_app.worker import run_worker

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["run_worker"]
+__all__ = ["run_worker", "use_uvloop"]
 
 
 def run_worker(argv: list[str] | None = None) -> None:
     """Create the topics, register the agents and hand over to Faust's worker command."""
+    use_uvloop()
     from stream_app.app import app, resolve_bootstrap, settings
     from stream_app.topics import ensure_topics
 
@@ -25,17 +26,18 @@ def run_worker(argv: list[str] | None = None) -> None:
     output.install_barrier(app, before=agents.rolling.flush_async)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    if not {"--loop", "-L"} & set(sys.argv) and _has_uvloop():
-        # uvloop: about 20 % less CPU per consumed message than asyncio's own loop here
-        sys.argv[1:1] = ["--loop", "uvloop"]
     app.main()
 
 
-def _has_uvloop() -> bool:
+def use_uvloop() -> bool:
+    """Run on uvloop when it is installed (about 20 % less CPU per consumed message than
+    asyncio's own loop, measured here). Must run before the app gets its event loop."""
     try:
+        import mode.loop
         import uvloop  # noqa: F401
     except ImportError:
         return False
+    mode.loop.use("uvloop")
     return True
 
 

@@ -122,3 +122,18 @@ def test_user_top_items_are_bounded():
         value = update_user_top(value, f"i{i}", 1000.0 + i, 0.01 * (i + 1), half_life_s=1e9, cap=8)
     assert len(value["items"]) == 8
     assert [r["item_id"] for r in user_top_items(value, 3)] == ["i29", "i28", "i27"]
+
+
+def test_fold_user_top_equals_one_event_at_a_time():
+    from models.rolling import fold_user_top
+
+    events = [("a", 1000.0, 0.9), ("b", 1050.0, 0.5), ("a", 1100.0, 0.2), ("c", 1080.0, 0.7)]
+    one_by_one = None
+    for item, ts, imp in events:
+        one_by_one = update_user_top(one_by_one, item, ts, imp, half_life_s=600.0)
+    folded = fold_user_top(None, events[:2], half_life_s=600.0)
+    folded = fold_user_top(folded, events[2:], half_life_s=600.0)
+    assert folded["t"] == one_by_one["t"] == 1100.0
+    assert folded["items"].keys() == one_by_one["items"].keys()
+    for item, entry in one_by_one["items"].items():
+        assert folded["items"][item] == pytest.approx(entry)

@@ -80,3 +80,17 @@ def test_idle_users_are_forgotten(sent):
     assert rolling.sweep_users(1000.0 + rolling.USER_RETAIN_S + 1) == 1
     assert set(table.data) == {b"new"}
     assert sent == [(3, b"old", None)]  # a tombstone in the user's partition
+
+
+def test_key_total_sees_panes_recovered_behind_its_index(sent):
+    state = rolling.STATES["category"]
+    t0 = 1_700_000_040.0
+    state.put(0, "x", t0, [1, 0.5, 1, 0.1], t0)
+    assert state.key_total("x", t0, t0 + 300) == [1, 0.5, 1, 0.1]  # index built
+    state.put(0, "x", t0 + 60, [1, 0.25, 0, 0.3], t0 + 60)  # index kept up to date
+    assert state.key_total("x", t0, t0 + 300) == [2, 0.75, 1, 0.4]
+    # a pane that arrives without put(): what table recovery from the changelog does
+    state.table.data[state.pane_key("x", t0 + 120)] = [3, 0.75, 0, 0.3]
+    assert state.key_total("x", t0, t0 + 300) == [5, 1.5, 1, 0.7]
+    assert state.key_total("x", t0 + 60, t0 + 120) == [1, 0.25, 0, 0.3]  # [start, end)
+    assert state.key_total("nobody", t0, t0 + 300) is None
