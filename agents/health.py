@@ -177,9 +177,10 @@ async def warn_about_exactly_once() -> None:
         "exactly_once"
     ):
         log.warning(
-            "processing_guarantee=exactly_once is NOT exactly-once with faust-streaming "
-            "0.15.3: topics the app does not consume (training-samples, model-state, "
-            "events-dlq) are written outside Kafka transactions, the others in transactions "
-            "that follow the destination partition, and the worker can stall after a "
-            "restart; use at_least_once (see docs/scaling.md, 'Exactly-once')"
+            "processing_guarantee=exactly_once is NOT exactly-once here: the worker "
+            "publishes scores, training samples, dead letters and table changelogs through "
+            "an idempotent but not transactional librdkafka producer, and faust-streaming "
+            "0.15.3's own transactions follow the destination partition and can stall the "
+            "worker after a restart; use at_least_once (see docs/scaling.md, "
+            "'Exactly-once')"
         )

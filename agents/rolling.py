@@ -273,11 +273,6 @@ STATES: dict[str, EntityState] = {
 }
 
 
-def contribution(record: dict[str, Any]) -> list[float]:
-    """``[events, importance, kept, p]`` of one score record."""
-    return [1, float(record["importance"]), 1 if record.get("keep") else 0, float(record["p"])]
-
-
 #: score records (with their partition) not yet folded into the tables
 _buffer: list[tuple[int, dict[str, Any]]] = []
 
@@ -319,28 +314,33 @@ def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
         try:
             user, item = str(record["user_id"]), str(record["item_id"])
             ts = float(record["ts"])
-            delta = contribution(record)
+            importance, p = float(record["importance"]), float(record["p"])
+            kept = 1 if record.get("keep") else 0
             category = record.get("category_id")
         except Exception:  # not a score record: nothing to roll up
             log.warning("rolling: skipping unreadable score record of partition %d", partition)
             continue
-        recent_importance.append(delta[1])
+        recent_importance.append(importance)
         start = pane_start(ts, STEP)
-        for bucket, key in (
-            (users, (partition, user, start)),
-            (through, ("item", item, start)),
-            *([(through, ("category", str(category), start))] if category is not None else []),
-        ):
+        keys = [(users, (partition, user, start)), (through, ("item", item, start))]
+        if category is not None:
+            keys.append((through, ("category", str(category), start)))
+        for bucket, key in keys:
+            # [events, importance, kept, p, latest ts], summed in place
             entry = bucket.get(key)
             if entry is None:
-                bucket[key] = [delta, ts]
+                bucket[key] = [1, importance, kept, p, ts]
             else:
-                entry[0] = add(entry[0], delta)
-                entry[1] = max(entry[1], ts)
-        tops.setdefault((partition, user), []).append((item, ts, delta[1]))
+                entry[0] += 1
+                entry[1] += importance
+                entry[2] += kept
+                entry[3] += p
+                if ts > entry[4]:
+                    entry[4] = ts
+        tops.setdefault((partition, user), []).append((item, ts, importance))
     state = STATES["user"]
-    for (partition, user, start), (delta, ts) in users.items():
-        state.put(partition, user, start, delta, ts)
+    for (partition, user, start), entry in users.items():
+        state.put(partition, user, start, entry[:4], entry[4])
     for (partition, user), contributions in tops.items():
         key = user.encode()
         value = fold_user_top(
@@ -351,13 +351,13 @@ def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
 
 
 def send_through(through: dict[tuple[str, str, float], list]) -> None:
-    """Send summed contributions ``{(entity, id, pane): [delta, ts]}`` to the partitions
+    """Send summed contributions ``{(entity, id, pane): [*delta, latest ts]}`` to the partitions
     that own the ids (the by-user topic's partitioner, murmur2 of the id), packed:
     one message per destination partition and up to :data:`PACK` contributions."""
     packs: dict[tuple[str, int], list[list]] = {}
-    for (entity, key, start), (delta, ts) in through.items():
+    for (entity, key, start), entry in through.items():
         destination = owner_partition(key)
-        packs.setdefault((entity, destination), []).append([key, start, ts, *delta])
+        packs.setdefault((entity, destination), []).append([key, start, entry[4], *entry[:4]])
     for (entity, destination), rows in packs.items():
         topic = (items_topic if entity == "item" else categories_topic).get_topic_name()
         for i in range(0, len(rows), PACK):

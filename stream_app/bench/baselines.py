@@ -335,37 +335,33 @@ def run_ceiling(
 
 
 def run_faust_floor(argv: list[str] | None = None) -> None:
-    """The worker's two Faust hops with nothing in them: ``events`` → decode JSON →
-    ``<app>-events-by-user`` (keyed by user) → a small JSON record on the scores topic.
+    """The worker's Faust plumbing with nothing in it: one agent on ``events`` decodes the
+    JSON and publishes a small record on the scores topic through the worker's
+    librdkafka :class:`~stream_app.output.Output`, behind the same commit barrier.
 
-    Same app settings as the worker (:func:`stream_app.app.create_app`, configured from the
-    same environment variables), no engine, no table, no training samples: what Faust and
-    aiokafka cost per event on their own.
+    Same app settings and event loop as the worker (:func:`stream_app.app.create_app`,
+    configured from the same environment variables; uvloop), no engine, no tables, no
+    training samples: what Faust costs per event on its own.
     """
-    from stream_app.app import create_app
+    from stream_app.app import create_app, resolve_bootstrap
+    from stream_app.output import Output
+    from stream_app.worker import use_uvloop
 
+    use_uvloop()
     settings = Settings.from_env()
     app = create_app(settings)
-    raw = {"value_serializer": "raw", "key_serializer": "raw"}
-    source = app.topic(settings.topic_events, **raw)
-    by_user = app.topic(
-        settings.topic_by_user, partitions=settings.partitions, internal=True, **raw
-    )
-    scores = app.topic(settings.topic_scores, **raw)
+    output = Output(resolve_bootstrap(settings), settings.kafka_client_config())
+    source = app.topic(settings.topic_events, value_serializer="raw", key_serializer="raw")
 
     @app.agent(source)
-    async def hop1(stream):
+    async def hop(stream):
         async for event in stream.events():
             obj = orjson.loads(event.value)
-            await by_user.send(key=str(obj["user_id"]).encode(), value=event.value)
+            user = str(obj["user_id"])
+            record = {"event_id": obj.get("event_id"), "user_id": user}
+            output.send(settings.topic_scores, orjson.dumps(record), user.encode())
 
-    @app.agent(by_user)
-    async def hop2(stream):
-        async for event in stream.events():
-            obj = orjson.loads(event.value)
-            record = {"event_id": obj.get("event_id"), "user_id": str(obj["user_id"])}
-            await scores.send(key=event.key, value=orjson.dumps(record))
-
+    output.install_barrier(app)
     sys.argv = [sys.argv[0], *(argv or ["worker", "--loglevel", "info"])]
     app.main()
 
@@ -418,7 +414,7 @@ def ceiling(
 
 @cli.command("faust-floor")
 def faust_floor() -> None:
-    """The worker's two Faust hops without the engine (settings from the environment)."""
+    """The worker's Faust plumbing without the engine (settings from the environment)."""
     run_faust_floor()
 
 

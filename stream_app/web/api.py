@@ -316,6 +316,7 @@ def stats_document(history_n: int = 0) -> dict[str, Any]:
             "training_samples": counters.training_samples,
             "labels_resolved": counters.labels_resolved,
             "labels_evicted": counters.labels_evicted,
+            "scored_in_place": counters.scored_in_place,
         },
         "dlq_by_code": dict(counters.dlq_by_code),
         "rates": rates,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections import Counter
 
 import orjson
@@ -80,7 +82,36 @@ def test_taobao_replay_every_event_scored(bootstrap, worker_factory):
     assert max(r["model"]["updates"] for r in records) > 1000
     kept = sum(by_id[i]["keep"] for i in expected) / len(expected)
     assert 0.05 < kept < 0.5, kept  # near the default target keep rate of 0.2
+    # replay keys by user with murmur2: every event was scored where it was, no re-keying
+    assert worker_stats(worker)["totals"]["scored_in_place"] == 20_000
     assert "Traceback" not in worker.log_text()
+
+
+def worker_stats(worker) -> dict:
+    """The worker's ``/api/stats``."""
+    url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_events_keyed_otherwise_take_the_by_user_hop(bootstrap, worker_factory):
+    """Events keyed by item, or not keyed, or scoring in place switched off: every event
+    crosses the by-user topic, and every event is still scored, with its user's key."""
+    from tests.integration.conftest import consume_all, produce
+
+    events = synthetic_events(3_000, prefix="hop")
+    worker = worker_factory(IMPORTANCE_SCORE_IN_PLACE="false")
+    worker.start()
+    produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["item_id"].encode())
+    expected = {e["event_id"] for e in events}
+    records = consume_all(
+        bootstrap, worker.settings.topic_scores, until=ids_seen(expected), timeout=180
+    )
+    assert expected <= {r["event_id"] for r in records}
+    for record in records:
+        check_record(record)
+    stats = worker_stats(worker)["totals"]
+    assert stats["scored"] >= 3_000 and stats["scored_in_place"] == 0
 
 
 def test_malformed_messages_go_to_dlq(bootstrap, worker_factory):

@@ -34,6 +34,7 @@ def sent(monkeypatch):
         monkeypatch.setattr(state, "now", 0.0)
         monkeypatch.setattr(state, "dirty", {})
         monkeypatch.setattr(state, "_cache", {})
+        monkeypatch.setattr(state, "_indexed", -1)
     yield out
     for table in tables:
         table.data.clear()
@@ -94,3 +95,56 @@ def test_key_total_sees_panes_recovered_behind_its_index(sent):
     assert state.key_total("x", t0, t0 + 300) == [5, 1.5, 1, 0.7]
     assert state.key_total("x", t0 + 60, t0 + 120) == [1, 0.25, 0, 0.3]  # [start, end)
     assert state.key_total("nobody", t0, t0 + 300) is None
+
+
+def test_roll_batch_sums_per_pane_and_packs_rekeyed_contributions(sent, monkeypatch):
+    """Score records → user panes (in the record's partition) and item/category
+    contributions summed per (id, pane), one message per destination partition."""
+    import orjson
+
+    sent: list[tuple[str, bytes | None, bytes | None, int]] = []
+    monkeypatch.setattr(
+        rolling.output,
+        "send",
+        lambda topic, value, key=None, partition=-1: sent.append((topic, value, key, partition)),
+    )
+    for table in _tables():
+        table.data.clear()
+    t0 = 1_700_000_040.0
+
+    def rec(user, item, ts, importance, keep, p, category="c1"):
+        return {
+            "user_id": user,
+            "item_id": item,
+            "ts": ts,
+            "importance": importance,
+            "keep": keep,
+            "p": p,
+            "category_id": category,
+        }
+
+    rolling.roll_batch(
+        [
+            (1, rec("u1", "i1", t0 + 1, 0.5, True, 0.1)),
+            (1, rec("u1", "i1", t0 + 2, 0.25, False, 0.3)),
+            (2, rec("u2", "i2", t0 + 70, 1.0, False, 0.2)),
+        ]
+    )
+    user = rolling.STATES["user"]
+    assert user.table.data[user.pane_key("u1", t0)] == [2, 0.75, 1, pytest.approx(0.4)]
+    assert user.table.data[user.pane_key("u2", t0 + 60)] == [1, 1.0, 0, 0.2]
+    rows = {}
+    for topic, value, key, partition in sent:
+        if topic.endswith("rolling-by-item") or topic.endswith("rolling-by-category"):
+            assert key is None
+            for row in orjson.loads(value)["rows"]:
+                assert partition == rolling.owner_partition(row[0])
+                rows[(topic.rsplit("-", 1)[1], row[0], row[1])] = row[2:]
+    assert rows == {
+        ("item", "i1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4)],
+        ("item", "i2", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2],
+        ("category", "c1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4)],
+        ("category", "c1", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2],
+    }
+    for table in _tables():
+        table.data.clear()
