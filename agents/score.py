@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 SCORES = settings.topic_scores
 TRAINING = settings.topic_training
 
-#: pending exposures per user; each entry records its partition ("p"), which is the
-#: changelog partition it is written to
+#: pending exposures, one table entry each; an entry records its partition ("p"), which
+#: is the changelog partition it is written to
 labels = LabelAttribution(
     ChangelogStore(pending_table, output, lambda _user, entry: entry["p"]),
     window_s=settings.attribution_window_s,
@@ -154,7 +154,9 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
             output.send(TRAINING, training_record(record, ev.label, "explicit"), key)
             counters.training_samples += 1
     elif ev.type in EXPOSURE_TYPES:
-        resolved.extend(labels.track(partition, ev, record))
+        # what resolving it needs: the whole record only when it becomes a training sample
+        info = record if scored.keep else {"p": record["p"], "keep": False}
+        resolved.extend(labels.track(partition, ev, info))
     elif scored.keep:
         output.send(TRAINING, training_record(record, None, "none"), key)
         counters.training_samples += 1

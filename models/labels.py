@@ -2,11 +2,15 @@
 positive when the same user carts, favs or purchases that item within the attribution
 window (event time), and negative when the window closes without one.
 
-Pending exposures live in a ``MutableMapping[user_id, dict]`` — a plain ``dict`` in
-tests and offline scoring, a changelog-backed Faust table in the worker — so they
-survive a restart. Memory is bounded twice: at most ``max_per_user`` pending exposures
-per user and ``max_pending`` per partition; past either bound the oldest exposures are
-closed early as negatives (counted in ``evicted``), never silently dropped.
+Pending exposures live in a ``MutableMapping`` with one entry per exposure (key: user id
+and event id) — a plain ``dict`` in tests and offline scoring, a changelog-backed Faust
+table in the worker — so they survive a restart, and each exposure is written once when
+it starts waiting and deleted once when its label is known (an entry per user, rewritten
+on every exposure, cost the worker a changelog message of up to 64 exposures per event).
+Indexes per user and by deadline are kept in memory and rebuilt from the store.
+Memory is bounded twice: at most ``max_per_user`` pending exposures per user and
+``max_pending`` per partition; past either bound the oldest exposures are closed early as
+negatives (counted in ``evicted``), never silently dropped.
 
 >>> from models.events import decode_event
 >>> store = {}
@@ -45,6 +49,11 @@ class Resolved:
     reason: str  # "converted", "window_closed" or "evicted"
 
 
+def pending_key(user_id: str, event_id: str) -> str:
+    """The store key of a pending exposure (ids never hold control characters)."""
+    return f"{user_id}\x1f{event_id}"
+
+
 class LabelAttribution:
     """Pending exposures per user, resolved by conversions or by the window closing."""
 
@@ -59,9 +68,11 @@ class LabelAttribution:
         self.window_s = window_s
         self.max_per_user = max_per_user
         self.max_pending = max_pending
-        # Per partition: a heap of (deadline, user_id) and the number of pending exposures.
+        # Per partition: a heap of (deadline, store key) and, per user, the store keys of
+        # the user's pending exposures in arrival order.
         self._heaps: dict[int, list[tuple[float, str]]] = {}
-        self._counts: dict[int, int] = {}
+        self._users: dict[int, dict[str, list[str]]] = {}
+        self._size: dict[int, int] = {}
         self.evicted = 0
         self.resolved = 0
 
@@ -70,27 +81,42 @@ class LabelAttribution:
         if partition in self._heaps:
             return
         heap: list[tuple[float, str]] = []
-        count = 0
-        for user_id, entry in list(self.store.items()):
-            if entry and entry.get("p") == partition:
-                for pending in entry["pend"]:
-                    heap.append((pending["ts"] + self.window_s, user_id))
-                    count += 1
+        users: dict[str, list[str]] = {}
+        legacy = []
+        for key, entry in list(self.store.items()):
+            if not entry or entry.get("p") != partition:
+                continue
+            if "pend" in entry:  # one entry per user, as written by earlier versions
+                legacy.append((key, entry))
+                continue
+            heap.append((entry["ts"] + self.window_s, key))
+            users.setdefault(entry["u"], []).append(key)
+        for user_id, entry in legacy:
+            del self.store[user_id]
+            for pending in entry["pend"]:
+                key = pending_key(user_id, pending["event"]["event_id"])
+                self.store[key] = {"p": partition, "u": user_id, **pending}
+                heap.append((pending["ts"] + self.window_s, key))
+                users.setdefault(user_id, []).append(key)
+        for keys in users.values():
+            keys.sort(key=lambda k: self.store[k]["ts"])
         heapq.heapify(heap)
         self._heaps[partition] = heap
-        self._counts[partition] = count
+        self._users[partition] = users
+        self._size[partition] = sum(len(keys) for keys in users.values())
 
     def forget_partition(self, partition: int) -> None:
         """Drop in-memory indexes of a partition (on revoke); rebuilt from the store on use."""
         self._heaps.pop(partition, None)
-        self._counts.pop(partition, None)
+        self._users.pop(partition, None)
+        self._size.pop(partition, None)
 
     def pending(self, partition: int | None = None) -> int:
         """Number of pending exposures (in one partition, or in all known ones)."""
         if partition is not None:
             self._ensure(partition)
-            return self._counts[partition]
-        return sum(self._counts.values())
+            return self._size[partition]
+        return sum(self._size.values())
 
     # -- operations -------------------------------------------------------------------
     def track(self, partition: int, event: Event, info: dict[str, Any]) -> list[Resolved]:
@@ -99,19 +125,25 @@ class LabelAttribution:
         Tracking the same ``event_id`` twice (a redelivery) is a no-op.
         """
         self._ensure(partition)
-        entry = self.store.get(event.user_id) or {"p": partition, "pend": []}
-        pend = list(entry["pend"])
-        if any(p["event"]["event_id"] == event.event_id for p in pend):
+        key = pending_key(event.user_id, event.event_id)
+        if key in self.store:
             return []  # the same event again (redelivered after a crash): already waiting
-        pend.append({"ts": event.ts, "item": event.item_id, "event": event.to_dict(), "info": info})
-        self._counts[partition] += 1
+        self.store[key] = {
+            "p": partition,
+            "u": event.user_id,
+            "ts": event.ts,
+            "item": event.item_id,
+            "event": event.to_dict(),
+            "info": info,
+        }
+        keys = self._users[partition].setdefault(event.user_id, [])
+        keys.append(key)
+        heapq.heappush(self._heaps[partition], (event.ts + self.window_s, key))
+        self._size[partition] += 1
         out: list[Resolved] = []
-        while len(pend) > self.max_per_user:
-            out.append(self._resolved(pend.pop(0), 0, "evicted"))
-            self._counts[partition] -= 1
-        self.store[event.user_id] = {"p": partition, "pend": pend}
-        heapq.heappush(self._heaps[partition], (event.ts + self.window_s, event.user_id))
-        if self._counts[partition] > self.max_pending:
+        while len(keys) > self.max_per_user:
+            out.append(self._resolve(partition, keys[0], 0, "evicted"))
+        if self._size[partition] > self.max_pending:
             out.extend(self._evict_oldest(partition))
         return out
 
@@ -119,20 +151,16 @@ class LabelAttribution:
         """Resolve as positive the user's pending exposures of the converted item that lie
         within the window before the conversion."""
         self._ensure(partition)
-        entry = self.store.get(event.user_id)
-        if not entry:
+        keys = self._users[partition].get(event.user_id)
+        if not keys:
             return []
-        keep, out = [], []
-        for pending in entry["pend"]:
+        out = []
+        for key in list(keys):
+            pending = self.store[key]
             if pending["item"] == event.item_id and (
                 event.ts - self.window_s <= pending["ts"] <= event.ts
             ):
-                out.append(self._resolved(pending, 1, "converted"))
-            else:
-                keep.append(pending)
-        if out:
-            self._counts[partition] -= len(out)
-            self._write(event.user_id, partition, keep)
+                out.append(self._resolve(partition, key, 1, "converted"))
         return out
 
     def expire(self, partition: int, watermark: float) -> list[Resolved]:
@@ -141,48 +169,32 @@ class LabelAttribution:
         heap = self._heaps[partition]
         out: list[Resolved] = []
         while heap and heap[0][0] < watermark:
-            _, user_id = heapq.heappop(heap)
-            out.extend(
-                self._close_user(partition, user_id, lambda p: p["ts"] + self.window_s < watermark)
-            )
+            _, key = heapq.heappop(heap)
+            if key in self.store:  # else resolved already (converted or evicted)
+                out.append(self._resolve(partition, key, 0, "window_closed"))
         return out
 
     # -- helpers ----------------------------------------------------------------------
-    def _close_user(
-        self, partition: int, user_id: str, closes, reason: str = "window_closed"
-    ) -> list[Resolved]:
-        entry = self.store.get(user_id)
-        if not entry:
-            return []
-        keep, out = [], []
-        for pending in entry["pend"]:
-            if closes(pending):
-                out.append(self._resolved(pending, 0, reason))
-            else:
-                keep.append(pending)
-        if out:
-            self._counts[partition] -= len(out)
-            self._write(user_id, partition, keep)
-        return out
-
     def _evict_oldest(self, partition: int) -> list[Resolved]:
         heap = self._heaps[partition]
         out: list[Resolved] = []
-        while self._counts[partition] > self.max_pending and heap:
-            deadline, user_id = heapq.heappop(heap)
-            closed = self._close_user(
-                partition, user_id, lambda p, d=deadline: p["ts"] + self.window_s <= d, "evicted"
-            )
-            out.extend(closed)
+        while self._size[partition] > self.max_pending and heap:
+            _, key = heapq.heappop(heap)
+            if key in self.store:
+                out.append(self._resolve(partition, key, 0, "evicted"))
         return out
 
-    def _write(self, user_id: str, partition: int, pend: list[dict[str, Any]]) -> None:
-        if pend:
-            self.store[user_id] = {"p": partition, "pend": pend}
-        else:
-            del self.store[user_id]
-
-    def _resolved(self, pending: dict[str, Any], label: int, reason: str) -> Resolved:
+    def _resolve(self, partition: int, key: str, label: int, reason: str) -> Resolved:
+        """Remove a pending exposure from the store and the indexes; its resolution."""
+        pending = self.store[key]
+        del self.store[key]
+        users = self._users[partition]
+        keys = users.get(pending["u"])
+        if keys is not None:
+            keys.remove(key)
+            if not keys:
+                del users[pending["u"]]
+        self._size[partition] -= 1
         self.resolved += 1
         if reason == "evicted":
             self.evicted += 1

@@ -58,6 +58,15 @@ def test_conversion_of_same_item_by_same_user_is_positive(attr, conversion):
     assert attr.resolved == 1 and attr.evicted == 0
 
 
+def pending_of(store, user: str) -> list[dict]:
+    """The user's pending exposures in the store, oldest first."""
+    return sorted((v for v in store.values() if v["u"] == user), key=lambda v: v["ts"])
+
+
+def users_in(store) -> set[str]:
+    return {v["u"] for v in store.values()}
+
+
 def test_all_pending_exposures_of_the_item_convert(attr, store):
     views = [ev("view", ts=TS), ev("click", ts=TS + 10), ev("impression", ts=TS + 20)]
     other_item = ev("view", item=10, ts=TS + 30)
@@ -66,7 +75,7 @@ def test_all_pending_exposures_of_the_item_convert(attr, store):
     out = attr.convert(0, ev("purchase", ts=TS + 100))
     assert labels_of(out) == sorted((v.event_id, 1, "converted") for v in views)
     assert attr.pending(0) == 1
-    assert [p["item"] for p in store["1"]["pend"]] == ["10"]
+    assert [p["item"] for p in pending_of(store, "1")] == ["10"]
 
 
 def test_conversion_of_another_item_or_by_another_user_is_not_attributed(attr, store):
@@ -75,7 +84,7 @@ def test_conversion_of_another_item_or_by_another_user_is_not_attributed(attr, s
     assert attr.convert(0, ev("cart", user=1, item=10, ts=TS + 60)) == []
     assert attr.convert(0, ev("cart", user=2, item=9, ts=TS + 60)) == []
     assert attr.pending(0) == 1
-    assert store["1"]["pend"][0]["event"]["event_id"] == view.event_id
+    assert pending_of(store, "1")[0]["event"]["event_id"] == view.event_id
 
 
 def test_ids_compare_as_strings(attr):
@@ -144,7 +153,7 @@ def test_empty_users_leave_the_store(attr, store):
     attr.track(0, ev("view", user=1), {})
     attr.track(0, ev("view", user=2), {})
     attr.convert(0, ev("cart", user=1, ts=TS + 1))
-    assert set(store) == {"2"}
+    assert users_in(store) == {"2"}
     attr.expire(0, watermark=TS + WINDOW + 1)
     assert store == {}
 
@@ -158,7 +167,7 @@ def test_per_user_cap_evicts_oldest_as_negative(store):
     assert labels_of(evicted) == sorted((v.event_id, 0, "evicted") for v in views[:2])
     assert [r.info for r in evicted] == [{"i": "0"}, {"i": "1"}]  # oldest first
     assert attr.pending(0) == 3
-    assert [p["item"] for p in store["1"]["pend"]] == ["2", "3", "4"]
+    assert [p["item"] for p in pending_of(store, "1")] == ["2", "3", "4"]
     assert attr.evicted == 2
     # Another user is unaffected by this user's cap.
     other = ev("view", user=2)
@@ -183,7 +192,7 @@ def test_global_cap_evicts_oldest_across_users(store):
         assert attr.pending(0) <= 3
     assert labels_of(evicted) == sorted((v.event_id, 0, "evicted") for v in views[:3])
     assert attr.evicted == 3
-    assert set(store) == {"3", "4", "5"}
+    assert users_in(store) == {"3", "4", "5"}
     # The bound is per partition.
     assert attr.track(1, ev("view", user=100), {}) == []
     assert attr.pending(0) == 3 and attr.pending(1) == 1
@@ -242,7 +251,8 @@ def test_forget_partition_rebuilds_from_the_store(attr, store):
     assert attr.pending() == 1  # only partition 1 is indexed now
     # Another worker could have changed partition 0's entries meanwhile (e.g. resolved
     # user 1); on next use the index is rebuilt from the store.
-    del store["1"]
+    for key in [k for k, v in store.items() if v["u"] == "1"]:
+        del store[key]
     assert attr.pending(0) == 1
     out = attr.expire(0, watermark=TS + 100 + WINDOW + 1)
     assert [r.event.user_id for r in out] == ["2"]
@@ -255,3 +265,45 @@ def test_explicit_fields_survive_the_round_trip(attr):
     attr.track(0, view, {})
     (r,) = attr.convert(0, ev("cart", ts=TS + 5))
     assert r.event == view
+
+
+def test_each_exposure_is_written_once_and_alone():
+    """A user's 60th exposure writes one small entry, not the user's whole list."""
+
+    class Recording(dict):
+        def __init__(self):
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def __setitem__(self, key, value):
+            self.sizes.append(len(orjson.dumps(value)))
+            super().__setitem__(key, value)
+
+    store = Recording()
+    attr = LabelAttribution(store, window_s=WINDOW)
+    for i in range(60):
+        attr.track(0, ev("view", user=1, item=i, ts=TS + i), {"p": 0.1, "keep": False})
+    assert len(store.sizes) == 60
+    assert max(store.sizes) < 2 * min(store.sizes)  # no growth with the user's backlog
+    assert attr.pending(0) == 60
+
+
+def test_entries_of_earlier_versions_are_migrated():
+    """One entry per user with a "pend" list (earlier versions) becomes one per exposure."""
+    a, b = ev("view", user=1, item=5, ts=TS), ev("click", user=1, item=6, ts=TS + 10)
+    old = {
+        "1": {
+            "p": 0,
+            "pend": [
+                {"ts": e.ts, "item": e.item_id, "event": e.to_dict(), "info": {"p": 0.2}}
+                for e in (a, b)
+            ],
+        }
+    }
+    attr = LabelAttribution(old, window_s=WINDOW)
+    assert attr.pending(0) == 2
+    assert "1" not in old and users_in(old) == {"1"}
+    (r,) = attr.convert(0, ev("cart", user=1, item=6, ts=TS + 20))
+    assert r.event == b and r.label == 1 and r.info == {"p": 0.2}
+    assert labels_of(attr.expire(0, TS + WINDOW + 1)) == [(a.event_id, 0, "window_closed")]
+    assert old == {}
