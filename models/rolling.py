@@ -34,6 +34,7 @@ __all__ = [
     "aggregate",
     "figures",
     "fold_user_top",
+    "merge_top",
     "pane_start",
     "parse_duration",
     "parse_windows",
@@ -154,6 +155,28 @@ def top_k(totals: Mapping[Any, list[float]], k: int, by: str = "importance") -> 
         k, totals.items(), key=lambda kv: (-round(_rank_value(kv[1], by), 9), str(kv[0]))
     )
     return [{"id": key, **figures(agg)} for key, agg in best]
+
+
+#: the figure of a :func:`top_k` row that each ranking compares
+RANK_FIELD = {
+    "importance": "importance",
+    "mean": "mean_importance",
+    "events": "events",
+    "kept": "kept",
+}
+
+
+def merge_top(rows: Iterable[Mapping[str, Any]], k: int, by: str = "importance") -> list[dict]:
+    """The ``k`` best of several :func:`top_k` answers over disjoint sets of entities
+    (e.g. one per worker), ranked as :func:`top_k` ranks (ties: smaller id first).
+
+    >>> a = top_k({"x": [2, 1.0, 1, 0.2]}, 2)
+    >>> b = top_k({"y": [1, 1.5, 0, 0.1], "z": [1, 0.1, 0, 0.1]}, 2)
+    >>> [row["id"] for row in merge_top(a + b, 2)]
+    ['y', 'x']
+    """
+    field = RANK_FIELD[by]
+    return heapq.nsmallest(k, rows, key=lambda row: (-round(row[field], 9), str(row["id"])))
 
 
 def update_user_top(

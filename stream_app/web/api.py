@@ -39,7 +39,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import agents.rolling as rolling
-from models.rolling import RANK_BY, top_k, user_top_items
+from models.rolling import RANK_BY, merge_top, top_k, user_top_items
 from stream_app.app import app, settings
 from stream_app.metrics import counters, progressive
 from stream_app.web import OPENAPI_PATH, STATIC_DIR
@@ -182,9 +182,81 @@ def top_document(entity: str, window: str, k: int, by: str) -> dict[str, Any]:
     }
 
 
+#: how long a worker waits for another worker's share of a top list
+PEER_TIMEOUT_S = 3.0
+SCOPES = ("cluster", "local")
+
+
+def peer_urls(entity: str) -> list[str]:
+    """Web URLs of the other workers that hold partitions of ``entity``'s table (from
+    the group's assignment, as Faust's ``table_route`` uses it)."""
+    own = str(app.conf.canonical_url).rstrip("/")
+    try:
+        hosts = app.router.table_metadata(rolling.STATES[entity].table.name)
+    except Exception:  # no assignment yet (starting, rebalancing): answer alone
+        return []
+    return sorted({str(url).rstrip("/") for url in hosts} - {own})
+
+
+async def fetch_peer(session: Any, url: str, path: str, params: dict[str, str]) -> dict:
+    """Another worker's local answer (``scope=local``), or ``{"error": ...}``."""
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    try:
+        async with session.get(f"{url}{path}", params=params, headers=headers) as response:
+            if response.status != 200:
+                return {"error": f"HTTP {response.status}"}
+            return await response.json()
+    except Exception as exc:  # down, rebalancing, slow: the answer says it is partial
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+
+
+async def cluster_top_document(entity: str, window: str, k: int, by: str) -> dict[str, Any]:
+    """:func:`top_document` over every worker: each worker's top ``k`` of the entities it
+    owns, merged (an item or category is summed on exactly one worker, the owner of its
+    re-keyed partition, and a user on the owner of the user's partition, so the merge is
+    exact). Workers that do not answer within :data:`PEER_TIMEOUT_S` are listed with
+    their error and the answer is marked ``partial``."""
+    local = top_document(entity, window, k, by)
+    workers = [
+        {
+            "url": str(app.conf.canonical_url).rstrip("/"),
+            "entities": local["entities"],
+            "window_end": local["window_end"],
+        }
+    ]
+    peers = peer_urls(entity)
+    if not peers:
+        return {**local, "scope": "cluster", "workers": workers, "partial": False}
+    import aiohttp
+
+    path = f"/api/top/{next(p for p, e in ENTITY_PATHS.items() if e == entity)}"
+    params = {"window": window, "k": str(k), "by": by, "scope": "local"}
+    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        answers = await asyncio.gather(*(fetch_peer(session, u, path, params) for u in peers))
+    rows = list(local["top"])
+    doc = dict(local)
+    for url, answer in zip(peers, answers, strict=True):
+        if "error" in answer:
+            workers.append({"url": url, "error": answer["error"]})
+            continue
+        rows.extend(answer.get("top", []))
+        doc["entities"] += answer.get("entities", 0)
+        workers.append(
+            {"url": url, "entities": answer.get("entities"), "window_end": answer.get("window_end")}
+        )
+        for field, pick in (("window_start", min), ("window_end", max), ("now", max)):
+            values = [v for v in (doc.get(field), answer.get(field)) if v is not None]
+            doc[field] = pick(values) if values else None
+    doc["top"] = merge_top(rows, k, by)
+    doc.update(scope="cluster", workers=workers, partial=any("error" in w for w in workers))
+    return doc
+
+
 @app.page("/api/top/{entity}")
 class Top(web.View):
-    """The k most important items, categories or users of a rolling window."""
+    """The k most important items, categories or users of a rolling window, over every
+    worker of the group (``scope=cluster``, the default) or this worker's partitions."""
 
     async def get(self, request: web.Request, entity: str) -> web.Response:
         if entity not in ENTITY_PATHS:
@@ -193,7 +265,11 @@ class Top(web.View):
         window = choice_param(query, "window", next(iter(rolling.WINDOWS)), rolling.WINDOWS)
         k = int_param(query, "k", 20, 1, MAX_K)
         by = choice_param(query, "by", "importance", RANK_BY)
-        return _json_response(top_document(ENTITY_PATHS[entity], window, k, by))
+        scope = choice_param(query, "scope", "cluster", SCOPES)
+        name = ENTITY_PATHS[entity]
+        if scope == "local":
+            return _json_response({**top_document(name, window, k, by), "scope": "local"})
+        return _json_response(await cluster_top_document(name, window, k, by))
 
 
 @app.page("/api/users/{user_id}/top-items")
