@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SCORES = settings.topic_scores
 TRAINING = settings.topic_training
+#: IMPORTANCE_ROLLING=false: no rolling importance (about a fifth of the worker's CPU)
+ROLLING = settings.rolling_enabled
 
 #: pending exposures, one table entry each; an entry records its partition ("p"), which
 #: is the changelog partition it is written to
@@ -144,7 +146,8 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     record["partition"] = partition
     key = ev.user_id.encode()
     output.send(SCORES, orjson.dumps(record), key)
-    rolling.observe(partition, record)
+    if ROLLING:
+        rolling.observe(partition, record)
     counters.scored += 1
     if scored.keep:
         counters.kept += 1

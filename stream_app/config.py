@@ -63,6 +63,8 @@ class Settings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    #: keep rolling importance per item, category and user (tables, topic, top lists)
+    rolling_enabled: bool = True
     rolling_windows: str = "5m,1h"
     rolling_step_s: float = 60.0
     rolling_publish_s: float = 2.0
@@ -189,6 +191,8 @@ class Settings:
             ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE") or None,
             ssl_certfile=os.environ.get("KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=os.environ.get("KAFKA_SSL_KEYFILE") or None,
+            rolling_enabled=_env("IMPORTANCE_ROLLING", "true").strip().lower()
+            not in ("0", "false", "no", "off"),
             rolling_windows=_env("IMPORTANCE_ROLLING_WINDOWS", cls.rolling_windows),
             rolling_step_s=float(_env("IMPORTANCE_ROLLING_STEP_S", str(cls.rolling_step_s))),
             rolling_publish_s=float(

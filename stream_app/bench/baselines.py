@@ -102,7 +102,9 @@ class PlainPipeline:
             if scored.keep:
                 self._training(key, record, ev.label, "explicit")
         elif ev.type in EXPOSURE_TYPES:
-            resolved.extend(labels.track(partition, ev, record))
+            # as the worker: the whole record only when it becomes a training sample
+            info = record if scored.keep else {"p": record["p"], "keep": False}
+            resolved.extend(labels.track(partition, ev, info))
         elif scored.keep:
             self._training(key, record, None, "none")
         for item in resolved:

@@ -235,6 +235,9 @@ def produce(
             "acks": "all",
             "enable.idempotence": True,
             "compression.type": "lz4",
+            # the Java client's partitioner, as `importance replay` uses: the worker
+            # scores such events in place
+            "partitioner": "murmur2_random",
             **(config or {}),
         }
     )

@@ -96,11 +96,13 @@ def worker_stats(worker) -> dict:
 
 def test_events_keyed_otherwise_take_the_by_user_hop(bootstrap, worker_factory):
     """Events keyed by item, or not keyed, or scoring in place switched off: every event
-    crosses the by-user topic, and every event is still scored, with its user's key."""
+    crosses the by-user topic, and every event is still scored, with its user's key.
+    (This worker also runs with rolling importance switched off: its top lists stay
+    empty.)"""
     from tests.integration.conftest import consume_all, produce
 
     events = synthetic_events(3_000, prefix="hop")
-    worker = worker_factory(IMPORTANCE_SCORE_IN_PLACE="false")
+    worker = worker_factory(IMPORTANCE_SCORE_IN_PLACE="false", IMPORTANCE_ROLLING="false")
     worker.start()
     produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["item_id"].encode())
     expected = {e["event_id"] for e in events}
@@ -112,6 +114,9 @@ def test_events_keyed_otherwise_take_the_by_user_hop(bootstrap, worker_factory):
         check_record(record)
     stats = worker_stats(worker)["totals"]
     assert stats["scored"] >= 3_000 and stats["scored_in_place"] == 0
+    url = f"http://127.0.0.1:{worker.settings.web_port}/api/top/items?window=1h"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert json.loads(response.read())["entities"] == 0
 
 
 def test_malformed_messages_go_to_dlq(bootstrap, worker_factory):

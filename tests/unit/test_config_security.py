@@ -211,3 +211,18 @@ def test_every_client_module_uses_the_security_settings():
     }
     for path, call in expected.items():
         assert call in (root / path).read_text(), path
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, True), ("true", True), ("false", False), ("OFF", False), ("0", False)],
+)
+def test_switches_for_in_place_scoring_and_rolling(env, monkeypatch, value, expected):
+    for name in ("IMPORTANCE_SCORE_IN_PLACE", "IMPORTANCE_ROLLING"):
+        monkeypatch.delenv(name, raising=False)
+    extra = (
+        {} if value is None else {"IMPORTANCE_SCORE_IN_PLACE": value, "IMPORTANCE_ROLLING": value}
+    )
+    settings = env(**extra)
+    assert settings.score_in_place is expected
+    assert settings.rolling_enabled is expected
