@@ -569,6 +569,13 @@ def run_system(
         )
         if kind in ("ours", "ceiling") or result["events_per_s"] >= 1.2 * cfg.rate:
             result["latency"] = _latency_phase(kind, prefix, bootstrap, cfg, collector, proc, n)
+            if kind == "ours" and result["events_per_s"] < cfg.rate:
+                # the offered load is above capacity: also measure at half the capacity,
+                # a load it sustains with headroom on this shared machine
+                rate = max(100.0, round(result["events_per_s"] / 2, -2))
+                result["latency_sustainable"] = _latency_phase(
+                    kind, prefix, bootstrap, cfg, collector, proc, n + cfg.latency_events, rate
+                )
         else:
             result["latency"] = None
             log(f"[{kind}] too slow for {cfg.rate:,.0f} ev/s: latency phase skipped")
@@ -589,14 +596,16 @@ def _latency_phase(
     collector: Collector,
     proc: subprocess.Popen,
     skip: int,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     log = cfg.log
+    rate = rate or cfg.rate
     topic = f"{prefix}-events"
     start = end_offsets(bootstrap, topic)
     m = cfg.latency_events
-    log(f"[{kind}] latency: {m:,} events at {cfg.rate:,.0f} ev/s")
+    log(f"[{kind}] latency: {m:,} events at {rate:,.0f} ev/s")
     first_new = len(collector.values)
-    stats = _replay(input_events(m, skip=skip), bootstrap, topic, rate=cfg.rate)
+    stats = _replay(input_events(m, skip=skip), bootstrap, topic, rate=rate)
     expected = {e["event_id"] for e in input_events(m, skip=skip)}
     done = collector.wait_for(expected, proc, timeout=120 + m / 200, log=log)
     produced = input_timestamps(bootstrap, topic, start)
@@ -612,7 +621,7 @@ def _latency_phase(
         arrivals.append(collector.arrival[i])
     span = (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else float("nan")
     out = {
-        "offered_rate": cfg.rate,
+        "offered_rate": rate,
         "replay_rate": stats.rate,
         "events": m,
         "scored": done,
@@ -887,17 +896,27 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         "| system | events | achieved ev/s | p50 ms | p95 ms | p99 ms | max ms | send p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for kind, res in s.items():
-        lat = res.get("latency")
+    rows = [(_LABELS[kind], res.get("latency"), res) for kind, res in s.items()]
+    ours_slow = s.get("ours", {}).get("latency_sustainable")
+    if ours_slow:
+        rows.insert(
+            1,
+            (
+                f"ours at {ours_slow['offered_rate']:,.0f} events/s offered (half its capacity)",
+                ours_slow,
+                s["ours"],
+            ),
+        )
+    for label, lat, res in rows:
         if not lat:
             lines.append(
-                f"| {_LABELS[kind]} | – | – | not run: capacity "
+                f"| {label} | – | – | not run: capacity "
                 f"{_fmt(res['events_per_s'])} ev/s < offered load | | | | |"
             )
             continue
         a, w = lat["arrival_ms"], lat["worker_send_ms"]
         lines.append(
-            f"| {_LABELS[kind]} | {lat['scored']:,} | {_fmt(lat['throughput'])} | "
+            f"| {label} | {lat['scored']:,} | {_fmt(lat['throughput'])} | "
             f"{_fmt(a['p50'], 1)} | {_fmt(a['p95'], 1)} | {_fmt(a['p99'], 1)} | "
             f"{_fmt(a['max'], 1)} | {_fmt(w['p99'], 1)} |"
         )
@@ -915,7 +934,12 @@ def render_markdown(r: dict[str, Any], img_prefix: str = "img/") -> str:
         + (
             f" Ours cannot sustain the offered load (its capacity is "
             f"{_fmt(s['ours']['events_per_s'])} events/s), so its latency is the time the "
-            "backlog takes to drain and grows with the length of the replay."
+            "backlog takes to drain and grows with the length of the replay"
+            + (
+                "; the row at half its capacity is its latency at a load it sustains."
+                if s["ours"].get("latency_sustainable")
+                else "."
+            )
             if "ours" in s and s["ours"]["events_per_s"] < r["config"]["rate"]
             else ""
         ),
