@@ -36,6 +36,7 @@ Changed entities are published every ``IMPORTANCE_ROLLING_PUBLISH_S`` seconds to
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -89,6 +90,11 @@ BATCH = 2000
 WITHIN_S = 0.25
 #: contributions per re-keying message
 PACK = 2000
+#: score records folded in at once (folding blocks the event loop: small batches keep
+#: the scoring latency low), and entities published or summed between two yields to
+#: the loop
+FOLD_BATCH = 500
+PUBLISH_CHUNK = 200
 
 ENTITIES = ("item", "category", "user")
 
@@ -280,12 +286,12 @@ _buffer: list[tuple[int, dict[str, Any]]] = []
 def observe(partition: int, record: dict[str, Any]) -> None:
     """Take one published score record of ``partition`` (called by the score agent).
 
-    Records are folded in per batch: when :data:`BATCH` have gathered, and at every
+    Records are folded in per batch: when :data:`FOLD_BATCH` have gathered, and at every
     offset commit (the worker's commit barrier calls :func:`flush`), so everything an
     acknowledged event contributed is written before its offset is committed.
     """
     _buffer.append((partition, record))
-    if len(_buffer) >= BATCH:
+    if len(_buffer) >= FOLD_BATCH:
         flush()
 
 
@@ -398,7 +404,9 @@ async def roll_through(stream, entity: str) -> None:
                     else:
                         entry[0] = add(entry[0], delta)
                         entry[1] = max(entry[1], ts)
-            for (partition, key, start), (delta, ts) in merged.items():
+            for i, ((partition, key, start), (delta, ts)) in enumerate(merged.items()):
+                if i and not i % PUBLISH_CHUNK:
+                    await asyncio.sleep(0)  # let the agents score between chunks
                 state.put(partition, key, start, delta, ts)
         finally:
             for event in events:
@@ -435,7 +443,9 @@ async def publish_rolling() -> None:
     its latest event."""
     for entity, state in STATES.items():
         dirty, state.dirty = state.dirty, {}
-        for key, ts in dirty.items():
+        for i, (key, ts) in enumerate(dirty.items()):
+            if i and not i % PUBLISH_CHUNK:
+                await asyncio.sleep(0)  # let the agents score between chunks
             for name, size in WINDOWS.items():
                 start, end = window_bounds(ts, size, STEP)
                 agg = state.key_total(key, start, end)
