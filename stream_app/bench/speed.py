@@ -1003,6 +1003,16 @@ def _limits(r: dict[str, Any]) -> list[str]:
         "consume and one produce fewer); the rolling tables are fed in process instead of "
         "re-reading the scores topic, with re-keyed contributions packed per destination "
         "partition; uvloop saves about 20 % per consumed message.",
+        "* **Latency.** In the latency phases above the worker runs right after scoring "
+        "the 500,000 events and draining the 5,000 events/s backlog, with all that state; "
+        "it did not hold even half its capacity there. A fresh worker "
+        "(`importance bench speed --system ours --events 20000 --latency-events 10000 "
+        "--rate 1000`, repeated) answered in p50 13 ms, p95 75–230 ms, p99 190–500 ms; "
+        "with `IMPORTANCE_ROLLING=false` p95 17 ms, p99 30 ms. The tail is rolling "
+        "importance running in the worker's event loop (folding batches, publishing every "
+        "changed entity every 2 s, summing re-keyed contributions): it was 500 ms at p95 "
+        "before that work was cut into chunks that yield to the scoring agent; the rest is "
+        "what it still costs.",
         "* Tried earlier without a measurable gain: producer linger and batch settings for "
         "Faust's aiokafka producer, `send_soon` instead of `await send`, sending through "
         "`app.producer` directly. `--loglevel warn` is slower than the default `info`: "
