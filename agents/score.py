@@ -88,15 +88,11 @@ async def model_for(partition: int) -> PartitionModel:
     if model is not None:
         return model
     engine = new_engine()
-    loop = asyncio.get_running_loop()
     try:
-        parts = await loop.run_in_executor(
-            None,
-            functools.partial(read_snapshot, **settings.kafka_client_config()),
-            resolve_bootstrap(settings),
-            model_topic.get_topic_name(),
-            partition,
-        )
+        parts = await read_snapshot_retrying(partition)
+        model = models.get(partition)
+        if model is not None:  # restored meanwhile by another agent (in place / by-user)
+            return model
         if parts is not None:
             engine.load_state(parts)
             counters.snapshots_restored += 1
@@ -111,6 +107,42 @@ async def model_for(partition: int) -> PartitionModel:
         engine = new_engine()
     model = models[partition] = PartitionModel(partition, engine)
     return model
+
+
+#: longest wait between two attempts to read a partition's snapshot
+SNAPSHOT_RETRY_MAX_S = 10.0
+
+
+async def read_snapshot_retrying(partition: int) -> dict[str, dict[str, Any]] | None:
+    """The partition's latest snapshot parts (None: no snapshot yet).
+
+    Right after a broker restart or a leader change the read can fail for a while
+    ("Unknown partition", timeouts): it is retried, with a growing pause, until it works.
+    Failing instead would crash the agent and lose the event in hand; starting fresh
+    would throw away what the partition learned. Unreadable content (``StateError``) is
+    not retried."""
+    loop = asyncio.get_running_loop()
+    delay = 0.5
+    while True:
+        try:
+            return await loop.run_in_executor(
+                None,
+                functools.partial(read_snapshot, **settings.kafka_client_config()),
+                resolve_bootstrap(settings),
+                model_topic.get_topic_name(),
+                partition,
+            )
+        except StateError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "partition %d: cannot read the model snapshot yet (%s); retrying in %.1f s",
+                partition,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SNAPSHOT_RETRY_MAX_S)
 
 
 def training_record(scored: dict[str, Any], label: int | None, source: str) -> bytes:
