@@ -80,7 +80,9 @@ def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_fac
     events = synthetic_events(24_000, prefix=f"scale-{leave}")
     scores = Collector(bootstrap, settings.topic_scores)
     scores.start()
-    produce(bootstrap, settings.topic_events, events)
+    # Half the events before the departure, half after: however fast the workers are,
+    # every partition has events left for the survivor to score.
+    produce(bootstrap, settings.topic_events, events[:12_000])
     assert scores.wait(lambda c: c.distinct() >= 8000, timeout=240), first.log_tail()
     time.sleep(3)  # a periodic snapshot (every 2 s) has happened on both
     scored_by_second = healthz(second.settings.web_port)[1].get("scored", 0)
@@ -96,6 +98,7 @@ def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_fac
         f"its process ended {gone_at - left_at:.1f} s after the signal"
     )
     assert scored_by_second > 0
+    produce(bootstrap, settings.topic_events, events[12_000:])
 
     expected = {e["event_id"] for e in events}
     done = scores.wait(lambda c: c.distinct() >= len(expected), timeout=300)
