@@ -18,16 +18,16 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from agents.score import process
 from models.events import MAX_MESSAGE_BYTES, InvalidEvent, decode_event
 from stream_app.app import app, events_topic, output, settings
 from stream_app.metrics import counters
 from stream_app.offset_guard import guard_topic
+from stream_app.output import partition_for
 from stream_app.topics import partition_counts
 
-__all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record", "user_partition"]
+__all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ def dlq_record(
     }
 
 
-def user_partition(key: bytes, partitions: int) -> int:
-    """The partition the Java client's default partitioner gives ``key`` (murmur2)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def score_in_place() -> bool:
     """Whether events already in their user's partition are scored without re-keying."""
     return (
@@ -116,7 +111,7 @@ async def decode_one(message, value: bytes | None = None) -> None:
     counters.decoded += 1
     key = ev.user_id.encode()
     partition = message.partition
-    if IN_PLACE and user_partition(key, settings.partitions) == partition:
+    if IN_PLACE and partition_for(key, settings.partitions) == partition:
         counters.scored_in_place += 1
         await process(partition, ev)
     else:

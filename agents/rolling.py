@@ -45,7 +45,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 
 from models.rolling import (
     add,
@@ -57,7 +56,7 @@ from models.rolling import (
     window_bounds,
 )
 from stream_app.app import app, output, settings
-from stream_app.output import ChangelogStore
+from stream_app.output import ChangelogStore, partition_for
 
 __all__ = [
     "ENTITIES",
@@ -84,8 +83,8 @@ USER_HALF_LIFE_S = 1800.0
 #: a user whose latest event is this far behind the latest user event is forgotten
 #: (its items weigh less than 1/256 of a fresh event by then)
 USER_RETAIN_S = 8 * USER_HALF_LIFE_S
-#: score records folded in per batch (also at every offset commit), and re-keying
-#: messages taken per batch by the item and category agents (waiting at most WITHIN_S)
+#: re-keying messages taken per batch by the item and category agents (waiting at most
+#: WITHIN_S)
 BATCH = 2000
 WITHIN_S = 0.25
 #: contributions per re-keying message
@@ -362,17 +361,12 @@ def send_through(through: dict[tuple[str, str, float], list]) -> None:
     one message per destination partition and up to :data:`PACK` contributions."""
     packs: dict[tuple[str, int], list[list]] = {}
     for (entity, key, start), entry in through.items():
-        destination = owner_partition(key)
+        destination = partition_for(key.encode(), settings.partitions)
         packs.setdefault((entity, destination), []).append([key, start, entry[4], *entry[:4]])
     for (entity, destination), rows in packs.items():
         topic = (items_topic if entity == "item" else categories_topic).get_topic_name()
         for i in range(0, len(rows), PACK):
             output.send(topic, orjson.dumps({"rows": rows[i : i + PACK]}), None, destination)
-
-
-def owner_partition(key: str) -> int:
-    """The partition of ``key`` in the re-keying topics (murmur2, as for user ids)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
 
 
 def unpack(value: bytes) -> Iterator[tuple[str, float, float, list[float]]]:

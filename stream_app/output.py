@@ -29,11 +29,18 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, Producer
 
-__all__ = ["ChangelogStore", "DeliveryError", "Output"]
+__all__ = ["ChangelogStore", "DeliveryError", "Output", "partition_for"]
 
 log = logging.getLogger(__name__)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition a keyed message gets from :class:`Output` (``murmur2_random``), the
+    Java client's and Faust's default partitioner."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class DeliveryError(RuntimeError):

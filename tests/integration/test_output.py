@@ -10,8 +10,7 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agents.decode import user_partition
-from stream_app.output import DeliveryError, Output
+from stream_app.output import DeliveryError, Output, partition_for
 from tests.integration.conftest import consume_all
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,7 @@ def test_keys_land_where_the_worker_expects_them(bootstrap):
     placed = {r["_key"]: r["_partition"] for r in records}
     assert set(placed.values()) == {0, 1, 2, 3}
     for key, partition in placed.items():
-        assert partition == user_partition(key, 4), key
+        assert partition == partition_for(key, 4), key
 
 
 def test_barrier_delivers_before_fausts_flush(bootstrap):

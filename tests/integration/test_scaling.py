@@ -45,6 +45,19 @@ def test_assigned_partitions_parses_faust_tables():
     assert assigned_partitions("nothing", "app-events-by-user") == set()
 
 
+def wait_for_split(first, second, topic: str, partitions: int) -> tuple[set[int], set[int]]:
+    """Wait until two workers of one group hold disjoint shares of ``topic`` that cover
+    its ``partitions``; their shares (as their logs last reported them)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        mine = assigned_partitions(first.log_text(), topic)
+        theirs = assigned_partitions(second.log_text(), topic)
+        if mine and theirs and not mine & theirs and len(mine | theirs) == partitions:
+            return mine, theirs
+        time.sleep(0.5)
+    pytest.fail(f"no stable split: {mine} / {theirs}\n{second.log_tail()}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("leave", ["graceful", "sigkill"])
 def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_factory, leave):
@@ -66,15 +79,7 @@ def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_fac
     first.start()
     second.start()
     # the group settles once both hold a share of the by-user partitions
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        mine = assigned_partitions(first.log_text(), by_user)
-        theirs = assigned_partitions(second.log_text(), by_user)
-        if mine and theirs and not mine & theirs and len(mine | theirs) == 8:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"no stable split: {mine} / {theirs}\n{second.log_tail()}")
+    mine, theirs = wait_for_split(first, second, by_user, 8)
     print(f"\nby-user partitions: first {sorted(mine)}, second {sorted(theirs)}")
 
     events = synthetic_events(24_000, prefix=f"scale-{leave}")

@@ -8,6 +8,7 @@ import json
 import pytest
 
 import agents.rolling as rolling
+from stream_app.output import partition_for
 
 
 def _tuples(value):
@@ -138,7 +139,7 @@ def test_roll_batch_sums_per_pane_and_packs_rekeyed_contributions(sent, monkeypa
         if topic.endswith("rolling-by-item") or topic.endswith("rolling-by-category"):
             assert key is None
             for row in orjson.loads(value)["rows"]:
-                assert partition == rolling.owner_partition(row[0])
+                assert partition == partition_for(row[0].encode(), rolling.settings.partitions)
                 rows[(topic.rsplit("-", 1)[1], row[0], row[1])] = row[2:]
     assert rows == {
         ("item", "i1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4)],
