@@ -91,8 +91,11 @@ async def decode(stream):
     """events → (events-by-user | events-dlq)."""
     async for event in stream.events():
         message = event.message
-        for missed in await events_guard.missed(message.partition, message.offset):
-            await decode_one(missed)
+        missed = await events_guard.missed(message.partition, message.offset)
+        if missed is None:
+            continue  # handled already (delivered twice)
+        for earlier in missed:
+            await decode_one(earlier)
         await decode_one(message, event.value)
 
 

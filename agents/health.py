@@ -168,19 +168,3 @@ if "/healthz" not in app.web.views:  # the web API may serve its own, richer /he
     async def healthz(web, request):
         body, status = healthz_body()
         return web.json(body, status=status)
-
-
-@app.task
-async def warn_about_exactly_once() -> None:
-    """``exactly_once`` is accepted by Faust but not delivered by it here: say so."""
-    if str(getattr(app.conf.processing_guarantee, "value", app.conf.processing_guarantee)) == (
-        "exactly_once"
-    ):
-        log.warning(
-            "processing_guarantee=exactly_once is NOT exactly-once here: the worker "
-            "publishes scores, training samples, dead letters and table changelogs through "
-            "an idempotent but not transactional librdkafka producer, and faust-streaming "
-            "0.15.3's own transactions follow the destination partition and can stall the "
-            "worker after a restart; use at_least_once (see docs/scaling.md, "
-            "'Exactly-once')"
-        )

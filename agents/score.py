@@ -66,10 +66,12 @@ class PartitionModel:
             and time.monotonic() - self.last_snapshot >= settings.snapshot_interval_s
         )
 
-    async def snapshot(self) -> None:
-        """Write the model's state to its partition of the model-state topic."""
+    def snapshot(self) -> None:
+        """Write the model's state to its partition of the model-state topic (delivered
+        before the next offset commit, or in its transaction)."""
+        topic = model_topic.get_topic_name()
         for key, value in encode_parts(self.partition, self.engine.to_state()):
-            await model_topic.send(key=key, value=value, partition=self.partition)
+            output.send(topic, value, key, self.partition)
         self.since_snapshot = 0
         self.last_snapshot = time.monotonic()
         counters.snapshots += 1
@@ -198,7 +200,7 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     learn_resolved(model, resolved)
     model.since_snapshot += 1
     if model.due():
-        await model.snapshot()
+        model.snapshot()
     return record
 
 
@@ -212,8 +214,11 @@ async def score(stream):
     try:
         async for event in stream.events():
             partition = event.message.partition
-            for missed in await by_user_guard.missed(partition, event.message.offset):
-                await score_value(partition, missed.value, missed)
+            missed = await by_user_guard.missed(partition, event.message.offset)
+            if missed is None:
+                continue  # handled already (delivered twice)
+            for earlier in missed:
+                await score_value(partition, earlier.value, earlier)
             await score_value(partition, event.value, event.message.tp)
     finally:
         await snapshot_all()
@@ -239,7 +244,7 @@ async def snapshot_all() -> None:
     for model in list(models.values()):
         if model.since_snapshot:
             try:
-                await model.snapshot()
+                model.snapshot()
             except Exception:
                 log.exception("could not snapshot partition %d", model.partition)
 
@@ -250,6 +255,7 @@ async def on_shutdown(app, **kwargs) -> None:
     producer's final flush (the agent's own ``finally`` may run after the producer
     stopped, and a departing worker gets no revoke callback)."""
     await snapshot_all()
+    await output.checkpoint()
 
 
 @app.on_partitions_revoked.connect
@@ -262,7 +268,9 @@ async def on_revoked(app, revoked: set[TP], **kwargs) -> None:
         model = models.pop(tp.partition, None)
         if model is not None and model.since_snapshot:
             try:
-                await model.snapshot()
+                model.snapshot()
             except Exception:
                 log.exception("could not snapshot partition %d on revoke", tp.partition)
         labels.forget_partition(tp.partition)
+    # the next owner reads the snapshots: make them visible (committed) now
+    await output.checkpoint()

@@ -54,7 +54,8 @@ def create_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_enabled=True,
-        processing_guarantee=settings.processing_guarantee,
+        # exactly_once is the worker's own (stream_app/transactions.py), not Faust's
+        processing_guarantee="at_least_once",
         producer_max_request_size=MODEL_STATE_MAX_BYTES,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
@@ -75,7 +76,12 @@ settings = Settings.from_env()
 app = create_app(settings)
 #: The hot path's producer (scores, training samples, dead letters, re-keyed events, table
 #: changelogs); Faust commits offsets only after it delivered (see stream_app/output.py).
-output = Output(resolve_bootstrap(settings), settings.kafka_client_config())
+output = Output(
+    resolve_bootstrap(settings),
+    settings.kafka_client_config(),
+    transactional_id=settings.transactional_id_or_default() if settings.exactly_once else None,
+    max_message_bytes=MODEL_STATE_MAX_BYTES,
+)
 
 #: Input: behaviour events, JSON, keyed any way (or not at all).
 events_topic = app.topic(settings.topic_events, value_serializer="raw", key_serializer="raw")

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "Settings", "repo_root"]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -53,6 +54,9 @@ class Settings:
     web_port: int = 6066
     data_dir: str = field(default_factory=_default_data_dir)
     processing_guarantee: str = "at_least_once"
+    #: exactly_once only: the worker's Kafka transactional id (default: app id, host
+    #: name and web port, stable across restarts of the same worker)
+    transactional_id: str | None = None
     #: score events already in their user's partition without the re-keying hop
     score_in_place: bool = True
     # Kafka client security (every client: Faust, admin, producers, consumers).
@@ -75,7 +79,26 @@ class Settings:
         """Internal topic holding valid events repartitioned by user id."""
         return f"{self.app_id}-events-by-user"
 
+    @property
+    def exactly_once(self) -> bool:
+        """Outputs, changelogs and consumed offsets are committed in Kafka transactions."""
+        return self.processing_guarantee == "exactly_once"
+
+    def transactional_id_or_default(self) -> str:
+        """The worker's transactional id: the same after a restart, so the restarted
+        worker aborts what its predecessor left open instead of waiting for the timeout."""
+        if self.transactional_id:
+            return self.transactional_id
+        import socket
+
+        return f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
+
     def __post_init__(self) -> None:
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise ValueError(
+                f"IMPORTANCE_PROCESSING_GUARANTEE={self.processing_guarantee!r}: expected one of "
+                + ", ".join(PROCESSING_GUARANTEES)
+            )
         protocol = self.security_protocol
         if protocol not in SECURITY_PROTOCOLS:
             raise ValueError(
@@ -181,7 +204,10 @@ class Settings:
             web_host=_env("IMPORTANCE_WEB_HOST", cls.web_host),
             web_port=int(_env("IMPORTANCE_WEB_PORT", str(cls.web_port))),
             data_dir=_env("IMPORTANCE_DATA_DIR", _default_data_dir()),
-            processing_guarantee=_env("IMPORTANCE_PROCESSING_GUARANTEE", cls.processing_guarantee),
+            processing_guarantee=_env(
+                "IMPORTANCE_PROCESSING_GUARANTEE", cls.processing_guarantee
+            ).lower(),
+            transactional_id=os.environ.get("IMPORTANCE_TRANSACTIONAL_ID") or None,
             score_in_place=_env("IMPORTANCE_SCORE_IN_PLACE", "true").strip().lower()
             not in ("0", "false", "no", "off"),
             security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),

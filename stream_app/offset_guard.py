@@ -8,11 +8,13 @@ the group, its successor scored offset 1570 of ``events-by-user[0]``, then 1582;
 1571–1581 were never scored and the group's committed offset moved past them
 (``tests/integration/test_scaling.py``).
 
-An :class:`OffsetGuard` watches the offsets an agent receives per partition. The topics
-it guards are written without transactions, so their offsets are consecutive: when an
+An :class:`OffsetGuard` watches the offsets an agent receives per partition. When an
 agent receives offset *n* of a partition and the previous one it handled was below
 *n − 1* (or, for the first message after an assignment, the group's committed offset
-was below *n*), the messages in between were skipped. The guard reads them from Kafka
+was below *n*), the messages in between may have been skipped. Topics written without
+transactions have consecutive offsets; with ``exactly_once`` every transaction leaves a
+marker (an offset no consumer receives) and aborted records, so there a gap is read back
+``read_committed`` and usually turns out empty. The guard reads them from Kafka
 itself and hands them to the agent, which processes them before message *n*: order per
 partition is kept, and a message that Faust delivers anyway later is processed twice
 (a duplicate, as at-least-once allows), never lost.
@@ -32,7 +34,7 @@ __all__ = ["OffsetGuard", "RawMessage", "guard_topic", "repaired"]
 log = logging.getLogger(__name__)
 
 #: Messages the guards read back from Kafka since the worker started.
-repaired = {"gaps": 0, "messages": 0}
+repaired = {"gaps": 0, "messages": 0, "redelivered": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class OffsetGuard:
                 {
                     **self.client_config(),
                     "group.id": f"{self.group_id}-offset-guard",
+                    "isolation.level": "read_committed",  # skips aborted records
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
                     "fetch.message.max.bytes": 8 * 1024 * 1024,
@@ -128,10 +131,18 @@ class OffsetGuard:
 
     # ------------------------------------------------------------------ per message
 
-    async def missed(self, partition: int, offset: int) -> list[RawMessage]:
+    async def missed(self, partition: int, offset: int) -> list[RawMessage] | None:
         """Messages of ``partition`` before ``offset`` that the agent never received
-        (empty almost always); records ``offset`` as handled."""
+        (empty almost always), and records ``offset`` as handled; ``None`` when
+        ``offset`` was handled already since the partition was assigned: Faust hands
+        the last message it read to the agent again after its consumer re-fetched it
+        (its check is ``offset >= last read``), and processing it twice would publish
+        its outputs twice."""
         expected = self.expected.get(partition)
+        if expected is not None and offset < expected:
+            repaired["redelivered"] += 1
+            log.info("%s[%d]: offset %d delivered again: skipped", self.topic, partition, offset)
+            return None
         pending = self._pending.pop(partition, None)
         if expected is None and pending is not None:
             try:
@@ -156,6 +167,8 @@ class OffsetGuard:
             return []
         loop = asyncio.get_running_loop()
         messages = await loop.run_in_executor(None, self._read, partition, expected, offset)
+        if not messages:  # transaction markers or aborted records only
+            return []
         repaired["gaps"] += 1
         repaired["messages"] += len(messages)
         log.warning(
@@ -200,17 +213,13 @@ class OffsetGuard:
 
 def guard_topic(app: Any, topic: str, settings: Any) -> OffsetGuard:
     """An :class:`OffsetGuard` for ``topic``, kept up to date by the app's partition
-    assignment signals. With ``exactly_once`` the topics carry transaction markers
-    (offset gaps by design): the guard is then inert."""
+    assignment signals."""
     from stream_app.app import resolve_bootstrap
 
     def client_config() -> dict[str, Any]:
         return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
 
     guard = OffsetGuard(topic, settings.app_id, client_config)
-    if settings.processing_guarantee == "exactly_once":
-        guard.max_gap = -1  # every gap is "too large": nothing is read back
-        return guard
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: Any, assigned: set, **kwargs: Any) -> None:

@@ -16,6 +16,10 @@ produced). A message that cannot be delivered (librdkafka gives up after
 committed and the worker stops with the error: restarted, it processes those events
 again.
 
+With ``exactly_once`` the same producer is transactional (``transactional_id``): what the
+worker produces between two commits, together with the offsets it consumed, is committed
+in one Kafka transaction (see :mod:`stream_app.transactions`).
+
 Keyed messages are partitioned with ``murmur2_random``, the Java client's (and Faust's,
 and Kafka Streams') partitioner, so a key lands where those clients would put it.
 """
@@ -30,11 +34,20 @@ from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-__all__ = ["ChangelogStore", "DeliveryError", "Output", "partition_for"]
+__all__ = ["ChangelogStore", "DeliveryError", "Output", "TransactionError", "partition_for"]
 
 log = logging.getLogger(__name__)
+
+#: transaction.timeout.ms of the transactional producer (exactly_once)
+TRANSACTION_TIMEOUT_MS = 30_000
+#: how long init_transactions may wait for the broker
+TRANSACTION_INIT_TIMEOUT_S = 60.0
+#: timeout of each transactional call (send offsets, commit, abort)
+TRANSACTION_CALL_TIMEOUT_S = 30.0
+#: messages held while a transaction commits before :meth:`Output.send` waits
+MAX_HELD = 200_000
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -47,10 +60,35 @@ class DeliveryError(RuntimeError):
     """librdkafka could not deliver a message: its event's offset must not be committed."""
 
 
+class TransactionError(RuntimeError):
+    """A transaction could not be committed (and was aborted when it could be)."""
+
+
+def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 10) -> Any:
+    """``call(*args)``, again while librdkafka says the error is retriable."""
+    for attempt in range(attempts):
+        try:
+            return call(*args)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if attempt + 1 < attempts and isinstance(error, KafkaError) and error.retriable():
+                log.warning("output: %s failed, retrying: %s", call.__name__, error.str())
+                continue
+            raise
+    return None
+
+
 class Output:
     """A librdkafka producer with a flush that Faust's offset commits wait for."""
 
-    def __init__(self, bootstrap: str, client_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_config: dict[str, Any] | None = None,
+        *,
+        transactional_id: str | None = None,
+        max_message_bytes: int = 1_000_000,
+    ) -> None:
         self.config = {
             "bootstrap.servers": bootstrap,
             **(client_config or {}),
@@ -64,17 +102,40 @@ class Output:
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
+            "message.max.bytes": max_message_bytes,
         }
+        self.transactional_id = transactional_id
+        if transactional_id:
+            self.config["transactional.id"] = transactional_id
+            # what a crashed worker left open blocks read_committed readers this long at
+            # most (a restarted worker with the same id aborts it at once)
+            self.config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
         self._errors: list[str] = []
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self.sent = 0
+        #: messages produced in the open transaction (transactional only)
+        self.in_transaction = 0
+        #: messages queued while a transaction commits (None: not committing)
+        self._held: list[tuple[str, bytes | None, bytes | None, int]] | None = None
+        self._released = threading.Event()
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.transactional_id)
 
     @property
     def producer(self) -> Producer:
-        """The librdkafka producer, created (and connected) on first use."""
+        """The librdkafka producer, created (and connected) on first use; a transactional
+        one has its transactions initialised (aborting what a predecessor with the same
+        id left open) and one begun."""
         if self._producer is None:
-            self._producer = Producer(self.config)
+            producer = Producer(self.config)
+            if self.transactional:
+                producer.init_transactions(TRANSACTION_INIT_TIMEOUT_S)
+                producer.begin_transaction()
+                log.info("output: transactional producer %r ready", self.transactional_id)
+            self._producer = producer
         return self._producer
 
     # -- callbacks (run in whichever thread polls or flushes) --------------------------
@@ -99,8 +160,20 @@ class Output:
     ) -> None:
         """Queue one message (``partition=-1``: chosen from the key by murmur2).
 
-        When librdkafka's queue is full this waits for deliveries (back-pressure)."""
+        When librdkafka's queue is full this waits for deliveries (back-pressure). While a
+        transaction commits, messages are held and produced into the next transaction
+        (they belong to events whose offsets the committing transaction does not hold)."""
+        if self._held is not None:
+            self._held.append((topic, value, key, partition))
+            if len(self._held) >= MAX_HELD:  # back-pressure: wait for the commit to end
+                self._released.wait()
+            return
         producer = self._producer or self.producer
+        self._produce(producer, topic, value, key, partition)
+
+    def _produce(
+        self, producer: Producer, topic: str, value: bytes | None, key: bytes | None, partition: int
+    ) -> None:
         while True:
             try:
                 producer.produce(topic, value, key, partition)
@@ -108,8 +181,22 @@ class Output:
             except BufferError:
                 producer.poll(0.05)
         self.sent += 1
+        self.in_transaction += 1
         if not self.sent & 0x3FF:
             producer.poll(0)
+
+    def hold(self) -> None:
+        """Hold new messages back from the producer (a transaction is being committed)."""
+        self._released.clear()
+        self._held = []
+
+    def release(self) -> None:
+        """Produce the held messages (into the transaction begun since) and stop holding."""
+        held, self._held = self._held or [], None
+        self._released.set()
+        producer = self._producer or self.producer
+        for topic, value, key, partition in held:
+            self._produce(producer, topic, value, key, partition)
 
     def raise_for_errors(self) -> None:
         """Raise :class:`DeliveryError` if any message could not be delivered."""
@@ -135,6 +222,61 @@ class Output:
             return
         await asyncio.get_running_loop().run_in_executor(None, self.flush_sync)
 
+    # -- transactions (exactly_once) ----------------------------------------------------
+    def commit_transaction_sync(
+        self, offsets: list[TopicPartition] | None = None, group_metadata: bytes | None = None
+    ) -> None:
+        """Commit the open transaction, with the consumer ``offsets`` (next offsets to
+        read) of the group described by ``group_metadata``, and begin the next one.
+
+        Blocking. Retriable errors are retried; if the transaction cannot be committed it
+        is aborted and :class:`TransactionError` raised: the events behind it were already
+        applied to the worker's in-memory state, so the worker must restart from the
+        committed offsets."""
+        producer = self.producer
+        try:
+            if offsets:
+                _retrying(
+                    producer.send_offsets_to_transaction,
+                    offsets,
+                    group_metadata,
+                    TRANSACTION_CALL_TIMEOUT_S,
+                )
+            _retrying(producer.commit_transaction, TRANSACTION_CALL_TIMEOUT_S)
+            self.raise_for_errors()
+        except Exception as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None and error.txn_requires_abort():
+                try:
+                    producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S)
+                except Exception as abort_exc:
+                    log.error("output: abort failed too: %s", abort_exc)
+            raise TransactionError(f"transaction not committed: {exc}") from exc
+        producer.begin_transaction()
+        self.in_transaction = 0
+
+    async def commit_transaction(
+        self, offsets: list[TopicPartition] | None = None, group_metadata: bytes | None = None
+    ) -> None:
+        """:meth:`commit_transaction_sync` in a thread; meanwhile new messages are held and
+        go into the next transaction."""
+        self.hold()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.commit_transaction_sync, offsets, group_metadata
+            )
+        finally:
+            self.release()
+
+    async def checkpoint(self) -> None:
+        """Make everything produced so far durable and visible: commit the open transaction
+        (it holds no consumed offsets), or, without transactions, wait for delivery."""
+        if self.transactional:
+            if self._producer is not None and self.in_transaction:
+                await self.commit_transaction()
+        else:
+            await self.flush()
+
     def install_barrier(self, app: Any, before: Callable[[], Any] | None = None) -> None:
         """Make Faust's pre-commit ``app.producer.flush()`` flush this producer first.
 
@@ -153,8 +295,15 @@ class Output:
         producer.flush = flush
 
     def close(self, timeout: float = 30.0) -> None:
-        """Deliver what is queued (best effort) before the process ends."""
+        """Deliver what is queued (best effort) before the process ends; a transactional
+        producer commits its open transaction (it holds no consumed offsets)."""
         if self._producer is None:
+            return
+        if self.transactional:
+            try:
+                self._producer.commit_transaction(timeout)
+            except Exception as exc:
+                log.error("output: could not commit the last transaction: %s", exc)
             return
         left = self._producer.flush(timeout)
         if left:

@@ -22,9 +22,15 @@ def run_worker(argv: list[str] | None = None) -> None:
     import stream_app.web.api  # noqa: F401
     from stream_app.app import output
 
-    # Faust flushes its producer before every offset commit: write out the rolling
-    # batch and flush ours there too.
-    output.install_barrier(app, before=agents.rolling.flush_async)
+    if settings.exactly_once:
+        # offsets are committed in the output producer's transactions
+        from stream_app.transactions import install
+
+        install(app, output, settings, before_commit=agents.rolling.flush)
+    else:
+        # Faust flushes its producer before every offset commit: write out the rolling
+        # batch and flush ours there too.
+        output.install_barrier(app, before=agents.rolling.flush_async)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     tune_gc()

@@ -68,7 +68,11 @@ def test_first_message_after_assignment_beyond_the_committed_offset():
     assert [m.offset for m in run(go())] == [100, 101, 102, 103]
 
 
-def test_redelivery_after_a_seek_back_is_not_a_gap():
+def test_offsets_handled_already_are_skipped_not_read_back():
+    """Faust hands the last message it read to the agent again after its consumer
+    re-fetched it: the agent must skip it (processing it twice duplicates its outputs,
+    which exactly_once must not)."""
+
     async def go():
         guard = FakeGuard({0: 50})
         guard.on_assigned({0})
@@ -77,8 +81,24 @@ def test_redelivery_after_a_seek_back_is_not_a_gap():
         again = [await guard.missed(0, o) for o in range(55, 61)]
         return again, guard.reads
 
+    before = repaired["redelivered"]
     again, reads = run(go())
-    assert all(m == [] for m in again) and reads == []
+    assert again == [None] * 5 + [[]] and reads == []
+    assert repaired["redelivered"] == before + 5
+
+
+def test_a_gap_of_transaction_markers_reads_back_nothing_and_counts_nothing():
+    async def go():
+        guard = FakeGuard({0: 0})
+        guard.on_assigned({0})
+        await guard.missed(0, 0)
+        guard.log_end = 1  # offset 1 is a transaction marker: no record to read there
+        return await guard.missed(0, 2), guard.reads
+
+    gaps = repaired["gaps"]
+    missed, reads = run(go())
+    assert missed == [] and reads == [(0, 1, 2)]
+    assert repaired["gaps"] == gaps
 
 
 def test_without_assignment_the_first_offset_is_the_reference():

@@ -1,0 +1,276 @@
+"""Exactly-once processing (``IMPORTANCE_PROCESSING_GUARANTEE=exactly_once``).
+
+Kafka's read-process-write transactions, done by the worker itself: Faust consumes and
+keeps the acknowledged offsets, :class:`~stream_app.output.Output` produces every output
+and changelog record through one transactional librdkafka producer, and at each commit
+the offsets Faust would have committed go into that producer's transaction
+(``send_offsets_to_transaction``), which then commits. Either an event's outputs, its
+state changes and its offset all become visible, or none of them do. faust-streaming's
+own ``exactly_once`` is not used: its transactions follow the destination partition of a
+message, not the input offset (see docs/scaling.md, "Exactly-once").
+
+What :func:`install` changes in the worker:
+
+* Commits. Faust's ``Consumer._commit_tps`` is replaced. Without suspending in between,
+  it takes the offsets of the acknowledged events, writes out the rolling batch, and
+  holds back new messages; the transaction with those offsets commits in a thread while
+  the agents go on (what they produce meanwhile goes into the next transaction, with
+  their offsets at the next commit). The group's generation and member id (KIP-447) go
+  with the offsets, so a worker that was thrown out of the group cannot commit. A
+  transaction that cannot be committed stops the process (exit code 75): its events
+  are already in the worker's memory, and the restarted worker resumes from the last
+  committed offsets and state.
+* Reads. Faust's consumer reads with ``isolation_level=read_committed``: aborted records
+  of the by-user, re-keying and changelog topics are never processed or restored.
+* Table recovery. Transaction markers take offsets, so the last offset of a changelog
+  partition is usually a marker that no consumer ever receives; Faust would wait for it
+  forever. The highwater Faust recovers up to is therefore the offset after the last
+  committed record.
+
+Readers of the output topics see each event's records exactly once when they read with
+``isolation.level=read_committed`` (librdkafka's default; ``isolation_level=
+"read_committed"`` in aiokafka and the Java client). Records appear when their
+transaction commits, up to one commit interval (1 s) after the event was processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from stream_app.output import Output, TransactionError
+
+__all__ = ["EXIT_TRANSACTION_FAILED", "committed_end", "group_metadata", "install"]
+
+log = logging.getLogger(__name__)
+
+#: exit code of a worker whose transaction could not be committed (EX_TEMPFAIL)
+EXIT_TRANSACTION_FAILED = 75
+
+
+def group_metadata(
+    group_id: str, generation_id: int, member_id: str, group_instance_id: str | None = None
+) -> bytes:
+    """The consumer group metadata that confluent-kafka's ``send_offsets_to_transaction``
+    takes, for a group member that is not a librdkafka consumer (Faust's aiokafka one).
+
+    It is librdkafka's own serialization (``rd_kafka_consumer_group_metadata_write``),
+    which ``Consumer.consumer_group_metadata()`` returns:
+
+    >>> group_metadata("g1", -1, "")
+    b'CGMDv2:\\xff\\xff\\xff\\xffg1\\x00\\x00\\x01'
+    >>> group_metadata("g1", 3, "m-1", "inst")[7:11] == (3).to_bytes(4, "little")
+    True
+    """
+    out = b"CGMDv2:" + struct.pack("=i", generation_id)
+    out += group_id.encode() + b"\0" + member_id.encode() + b"\0"
+    if group_instance_id is None:
+        return out + b"\x01"
+    return out + b"\x00" + group_instance_id.encode() + b"\0"
+
+
+def committed_end(reader: Any, topic: str, partition: int, timeout: float = 15.0) -> int:
+    """The offset after the last committed record of a partition (its low watermark when
+    it has none): where a ``read_committed`` reader of the whole partition is done.
+
+    ``reader`` is a confluent-kafka ``Consumer`` reading ``read_committed`` (librdkafka's
+    default). The end offset itself is usually a transaction marker's offset + 1. The
+    partition is read backwards in growing steps until a committed record turns up."""
+    low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+    step = 16
+    end = high
+    while end > low:
+        start = max(low, end - step)
+        last = _last_offset(reader, topic, partition, start, end, timeout)
+        if last is not None:
+            return last + 1
+        end, step = start, step * 8
+    return low
+
+
+def _last_offset(
+    reader: Any, topic: str, partition: int, start: int, end: int, timeout: float
+) -> int | None:
+    """The highest offset below ``end`` that ``reader`` delivers from ``start`` on."""
+    reader.assign([TopicPartition(topic, partition, start)])
+    last = None
+    try:
+        while True:
+            msg = reader.poll(timeout)
+            if msg is None:
+                raise TimeoutError(f"reading {topic}[{partition}] {start}-{end}")
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return last
+                raise RuntimeError(f"reading {topic}[{partition}]: {msg.error()}")
+            if msg.offset() >= end:
+                return last
+            last = msg.offset()
+    finally:
+        reader.unassign()
+
+
+class ExactlyOnce:
+    """The worker's transactional commit (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: Any,
+        output: Output,
+        client_config: Callable[[], dict[str, Any]],
+        before_commit: Callable[[], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.output = output
+        self.client_config = client_config
+        self.before_commit = before_commit
+        self.on_failure = on_failure or _exit_on_failure
+        self.commits = 0
+        self._lock: asyncio.Lock | None = None
+
+    def group_metadata(self) -> bytes:
+        """The group membership Faust's consumer holds now (generation, member id)."""
+        coordinator = self.app.consumer._thread._consumer._coordinator
+        return group_metadata(
+            self.app.conf.id,
+            coordinator.generation,
+            coordinator.member_id,
+            getattr(coordinator, "_group_instance_id", None),
+        )
+
+    async def commit_tps(self, tps: Iterable[Any], start_new_transaction: bool = True) -> bool:
+        """Replaces Faust's ``Consumer._commit_tps``: commit the acknowledged offsets of
+        ``tps`` in the output producer's transaction."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            consumer = self.app.consumer
+            # from here to output.hold() nothing awaits: no agent runs in between, so the
+            # transaction holds exactly the outputs of the events whose offsets it commits
+            assignment = consumer.assignment()
+            offsets = {
+                tp: offset
+                for tp, offset in consumer._filter_committable_offsets(tps).items()
+                if tp in assignment
+            }
+            if self.before_commit is not None:
+                self.before_commit()
+            if not offsets and not self.output.in_transaction:
+                return False
+            positions = [TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+            try:
+                metadata = self.group_metadata() if positions else None
+                await self.output.commit_transaction(positions, metadata)
+            except Exception as exc:
+                self.on_failure(exc)
+                return False
+            self.commits += 1
+            if not offsets:
+                return False
+            now = time.monotonic()
+            consumer._thread.tp_last_committed_at.update({tp: now for tp in offsets})
+            self.app.tables.on_commit(offsets)
+            consumer._committed_offset.update(offsets)
+            self.app.monitor.on_tp_commit(offsets)
+            return True
+
+    def install(self) -> None:
+        """Take over the commits of ``app``'s consumer; read committed data only."""
+        consumer = self.app.consumer
+        consumer._commit_tps = self.commit_tps
+        _read_committed(self.client_config)
+        # Initialise the transactions now, before the consumer joins the group: this
+        # aborts what a predecessor with the same transactional id left open, which would
+        # otherwise hold back every read_committed reader (table recovery included) until
+        # the transaction times out.
+        self.output.producer  # noqa: B018
+        transactional_id = self.output.transactional_id
+
+        async def announce() -> None:  # once the worker's logging is set up
+            log.info(
+                "exactly_once: outputs, changelogs and offsets are committed in transactions of %r",
+                transactional_id,
+            )
+
+        self.app.task(announce)
+
+
+def _exit_on_failure(exc: BaseException) -> None:
+    """Stop the process at once: its memory holds events of an aborted transaction."""
+    kind = "transaction failed" if isinstance(exc, TransactionError) else "commit failed"
+    log.critical(
+        "exactly_once: %s (%s); stopping the worker so that it restarts from the last "
+        "committed offsets and state",
+        kind,
+        exc,
+    )
+    logging.shutdown()
+    os._exit(EXIT_TRANSACTION_FAILED)
+
+
+_patched = False
+
+
+def _read_committed(client_config: Callable[[], dict[str, Any]]) -> None:
+    """Make Faust's aiokafka consumer read committed data only, and recover tables up to
+    the last committed record of each changelog partition."""
+    global _patched
+    if _patched:
+        return
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    highwaters = AIOKafkaConsumerThread._highwaters
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._isolation_level = "read_committed"  # read by start(), which comes next
+        return consumer
+
+    async def _highwaters(self: Any, partitions: list) -> Mapping[Any, int]:
+        ends = await highwaters(self, partitions)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, _committed_ends, client_config(), dict(ends))
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    AIOKafkaConsumerThread._highwaters = _highwaters
+    _patched = True
+
+
+def _committed_ends(config: dict[str, Any], ends: dict[Any, int]) -> dict[Any, int]:
+    reader = Consumer(
+        {
+            **config,
+            "group.id": "importance-committed-end",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        return {
+            tp: end if not end else committed_end(reader, tp.topic, tp.partition)
+            for tp, end in ends.items()
+        }
+    finally:
+        reader.close()
+
+
+def install(app: Any, output: Output, settings: Any, before_commit: Callable[[], None]) -> Any:
+    """Switch the worker to exactly-once processing (``settings.exactly_once``)."""
+    from stream_app.app import resolve_bootstrap
+
+    def client_config() -> dict[str, Any]:
+        return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
+
+    eos = ExactlyOnce(app, output, client_config, before_commit)
+    eos.install()
+    return eos

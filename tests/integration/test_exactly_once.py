@@ -1,0 +1,148 @@
+"""``IMPORTANCE_PROCESSING_GUARANTEE=exactly_once`` against the real broker: a SIGKILL
+mid-stream leaves no duplicate for ``read_committed`` readers, and the aborted work is
+really there for ``read_uncommitted`` ones (so the crash did interrupt a transaction)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import Producer, TopicPartition
+
+from stream_app.transactions import committed_end
+from tests.integration.events import synthetic_events
+from tests.integration.test_worker import ids_seen
+
+pytestmark = pytest.mark.integration
+
+UNCOMMITTED = {"isolation.level": "read_uncommitted"}
+COMMITTED = {"isolation.level": "read_committed"}
+
+
+def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factory):
+    from tests.integration.conftest import consume_all, produce
+
+    worker = worker_factory(
+        IMPORTANCE_PROCESSING_GUARANTEE="exactly_once", IMPORTANCE_ATTRIBUTION_WINDOW_S="14400"
+    )
+    worker.start()
+    assert "exactly_once: outputs, changelogs and offsets are committed" in worker.log_text()
+    events = synthetic_events(24_000, prefix="eos")
+    expected = {e["event_id"] for e in events}
+    # half keyed by user (scored in place), half unkeyed (through the by-user topic: two
+    # transactions in a row)
+    key = lambda i, e: e["user_id"].encode() if i % 2 and isinstance(e, dict) else None  # noqa: E731
+    bad = [b"{not json", b'{"user_id": 1}', b"[1, 2]"] * 5
+    produce(bootstrap, worker.settings.topic_events, events[:16_000] + bad, key=key)
+
+    consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda r: len(r) >= 6000,
+        timeout=180,
+        config=COMMITTED,
+    )
+    worker.kill()
+    killed_at = time.time()
+    worker.start()
+    produce(bootstrap, worker.settings.topic_events, events[16_000:], key=key)
+
+    committed = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=ids_seen(expected),
+        timeout=300,
+        config=COMMITTED,
+    )
+    time.sleep(2)  # anything a late transaction would still add
+    committed = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda r: len(r) >= len(committed),
+        timeout=60,
+        config=COMMITTED,
+    )
+    ids = Counter(r["event_id"] for r in committed)
+    assert set(ids) == expected, f"{len(expected - set(ids))} missing\n{worker.log_tail()}"
+    duplicated = [i for i, n in ids.items() if n > 1]
+    examples = [
+        (r["event_id"], r["_partition"], round(r["scored_at"] - killed_at, 2), r["model"])
+        for r in committed
+        if r["event_id"] in set(duplicated[:3])
+    ]
+    assert not duplicated, (
+        f"{len(duplicated)} events scored twice for read_committed readers, e.g. "
+        f"(id, partition, scored relative to the kill, model) {examples}\n{worker.log_path}"
+    )
+
+    everything = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda r: len(r) >= len(committed),
+        timeout=60,
+        config=UNCOMMITTED,
+    )
+    aborted = len(everything) - len(committed)
+    print(f"scores: {len(committed)} committed, {aborted} more in aborted transactions")
+    assert aborted > 0, "the kill interrupted no transaction: the test proved nothing"
+
+    training = consume_all(
+        bootstrap,
+        worker.settings.topic_training,
+        until=lambda r: False,
+        timeout=8,
+        config=COMMITTED,
+    )
+    samples = Counter(r["event_id"] for r in training)
+    assert training and max(samples.values()) == 1, "a training sample was published twice"
+    dead = consume_all(
+        bootstrap,
+        worker.settings.topic_dlq,
+        until=lambda r: len(r) > len(bad),
+        timeout=8,
+        config=COMMITTED,
+    )
+    assert len(dead) == len(bad), f"{len(dead)} dead letters for {len(bad)} bad messages"
+
+    # the models continued: the first record after the restart has updates of its own
+    after = [r for r in committed if r["scored_at"] > killed_at]
+    assert after and all(r["model"]["updates"] > 0 for r in after[:50])
+    assert "restored model" in worker.log_text()
+
+
+def test_committed_end_skips_markers_and_aborted_records(bootstrap):
+    """What table recovery waits for: the offset after the last committed record, not
+    the end offset (a transaction marker, or aborted records)."""
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"committed-end-{time.time_ns()}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": topic})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, b"%d" % i, partition=0)
+    producer.commit_transaction(30)  # offsets 0-4, marker at 5
+    producer.begin_transaction()
+    for _ in range(3):
+        producer.produce(topic, b"aborted", partition=0)
+    producer.flush(30)  # written to the log before the abort
+    producer.abort_transaction(30)  # offsets 6-8, marker at 9
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "enable.partition.eof": True,
+            **COMMITTED,
+        }
+    )
+    try:
+        _, high = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=15)
+        assert high == 10
+        assert committed_end(reader, topic, 0) == 5
+    finally:
+        reader.close()
+        admin.delete_topics([topic])

@@ -1,0 +1,189 @@
+"""The transactional commit of ``exactly_once`` without a broker: the group metadata
+librdkafka expects, and the order of what happens to the producer when Faust commits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from faust.types import TP
+
+from stream_app.output import Output, TransactionError
+from stream_app.transactions import ExactlyOnce, group_metadata
+
+
+@pytest.mark.parametrize("instance", [None, "worker-1"])
+def test_group_metadata_is_what_librdkafka_writes(instance):
+    config = {"group.id": "my-group", "bootstrap.servers": "127.0.0.1:1", "log_level": 0}
+    if instance:
+        config["group.instance.id"] = instance
+    consumer = Consumer(config)
+    try:
+        # a consumer that has not joined: generation -1, no member id
+        assert group_metadata("my-group", -1, "", instance) == consumer.consumer_group_metadata()
+    finally:
+        consumer.close()
+
+
+def test_group_metadata_carries_generation_and_member():
+    raw = group_metadata("g", 7, "member-abc")
+    assert raw.startswith(b"CGMDv2:")
+    assert int.from_bytes(raw[7:11], "little", signed=True) == 7
+    assert raw[11:] == b"g\0member-abc\0\x01"
+
+
+class FakeProducer:
+    """Records what the output does to librdkafka; commit_transaction takes a while."""
+
+    def __init__(self, fail_commit: KafkaError | None = None, commit_s: float = 0.2) -> None:
+        self.calls: list[tuple] = []
+        self.fail_commit = fail_commit
+        self.commit_s = commit_s
+        self.lock = threading.Lock()
+
+    def _record(self, *call) -> None:
+        with self.lock:
+            self.calls.append(call)
+
+    def produce(self, topic, value, key, partition):
+        self._record("produce", topic, value)
+
+    def poll(self, _timeout):
+        return 0
+
+    def __len__(self):
+        return 0
+
+    def send_offsets_to_transaction(self, offsets, metadata, _timeout):
+        self._record("send_offsets", [(o.topic, o.partition, o.offset) for o in offsets], metadata)
+
+    def commit_transaction(self, _timeout=None):
+        time.sleep(self.commit_s)
+        if self.fail_commit is not None:
+            self._record("commit_failed")
+            raise KafkaException(self.fail_commit)
+        self._record("commit")
+
+    def abort_transaction(self, _timeout=None):
+        self._record("abort")
+
+    def begin_transaction(self):
+        self._record("begin")
+
+
+def transactional_output(producer: FakeProducer) -> Output:
+    output = Output("127.0.0.1:1", transactional_id="t-1")
+    output._producer = producer  # as if init_transactions and begin_transaction had run
+    return output
+
+
+class FakeConsumer:
+    def __init__(self, acked: dict[TP, int]) -> None:
+        self.acked = acked
+        self._committed_offset: dict[TP, int] = {}
+        coordinator = SimpleNamespace(generation=3, member_id="m-1", _group_instance_id=None)
+        self._thread = SimpleNamespace(
+            tp_last_committed_at={}, _consumer=SimpleNamespace(_coordinator=coordinator)
+        )
+
+    def assignment(self):
+        return {TP("events", 0), TP("events", 1)}
+
+    def _filter_committable_offsets(self, tps):
+        taken, self.acked = self.acked, {}
+        return {tp: o for tp, o in taken.items() if tp in set(tps)}
+
+
+def fake_app(consumer: FakeConsumer) -> SimpleNamespace:
+    committed: list[dict] = []
+    return SimpleNamespace(
+        consumer=consumer,
+        conf=SimpleNamespace(id="my-app"),
+        tables=SimpleNamespace(on_commit=committed.append),
+        monitor=SimpleNamespace(on_tp_commit=lambda offsets: None),
+        committed=committed,
+    )
+
+
+def test_commit_puts_acked_offsets_in_the_transaction_and_holds_new_messages():
+    producer = FakeProducer()
+    output = transactional_output(producer)
+    tp0, tp1, revoked = TP("events", 0), TP("events", 1), TP("events", 2)
+    consumer = FakeConsumer({tp0: 11, tp1: 5, revoked: 9})
+    app = fake_app(consumer)
+    folded = []
+    eos = ExactlyOnce(
+        app,
+        output,
+        lambda: {},
+        before_commit=lambda: (folded.append(1), output.send("rolling", b"batch")),
+    )
+
+    async def scenario():
+        output.send("scores", b"a")
+        commit = asyncio.ensure_future(eos.commit_tps([tp0, tp1, revoked]))
+        await asyncio.sleep(0.05)  # the transaction is committing in its thread
+        output.send("scores", b"b")  # an event processed meanwhile
+        assert await commit is True
+
+    asyncio.run(scenario())
+    names = [c[0] for c in producer.calls]
+    assert names == ["produce", "produce", "send_offsets", "commit", "begin", "produce"]
+    assert [c[2] for c in producer.calls if c[0] == "produce"] == [b"a", b"batch", b"b"]
+    offsets = producer.calls[2][1]
+    assert sorted(offsets) == [("events", 0, 11), ("events", 1, 5)]  # not the revoked one
+    assert producer.calls[2][2] == group_metadata("my-app", 3, "m-1")
+    assert folded == [1]
+    assert consumer._committed_offset == {tp0: 11, tp1: 5}
+    assert app.committed == [{tp0: 11, tp1: 5}]
+    assert output.in_transaction == 1  # b, in the new transaction
+
+
+def test_commit_without_offsets_still_commits_what_timers_produced():
+    producer = FakeProducer(commit_s=0)
+    output = transactional_output(producer)
+    app = fake_app(FakeConsumer({}))
+    eos = ExactlyOnce(app, output, lambda: {})
+
+    assert asyncio.run(eos.commit_tps([])) is False  # nothing produced, nothing to commit
+    assert producer.calls == []
+    output.send("importance-rolling", b"x")
+    assert asyncio.run(eos.commit_tps([])) is False
+    assert [c[0] for c in producer.calls] == ["produce", "commit", "begin"]
+
+
+def test_a_transaction_that_cannot_commit_is_aborted_and_stops_the_worker():
+    error = KafkaError(KafkaError._FENCED, "fenced", txn_requires_abort=True)
+    producer = FakeProducer(fail_commit=error, commit_s=0)
+    output = transactional_output(producer)
+    app = fake_app(FakeConsumer({TP("events", 0): 3}))
+    failures = []
+    eos = ExactlyOnce(app, output, lambda: {}, on_failure=failures.append)
+    output.send("scores", b"a")
+
+    assert asyncio.run(eos.commit_tps([TP("events", 0)])) is False
+    assert [c[0] for c in producer.calls] == ["produce", "send_offsets", "commit_failed", "abort"]
+    assert len(failures) == 1 and isinstance(failures[0], TransactionError)
+    assert app.consumer._committed_offset == {}  # Faust does not think it committed
+
+
+def test_retriable_commit_errors_are_retried():
+    producer = FakeProducer(commit_s=0)
+    attempts = []
+
+    def flaky_commit(_timeout=None):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True))
+        producer._record("commit")
+
+    producer.commit_transaction = flaky_commit
+    output = transactional_output(producer)
+    output.send("scores", b"a")
+    output.commit_transaction_sync()
+    assert len(attempts) == 3
+    assert [c[0] for c in producer.calls] == ["produce", "commit", "begin"]
