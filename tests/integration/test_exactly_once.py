@@ -4,6 +4,7 @@ really there for ``read_uncommitted`` ones (so the crash did interrupt a transac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -30,23 +31,41 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
     assert "exactly_once: outputs, changelogs and offsets are committed" in worker.log_text()
     events = synthetic_events(24_000, prefix="eos")
     expected = {e["event_id"] for e in events}
-    # half keyed by user (scored in place), half unkeyed (through the by-user topic: two
-    # transactions in a row)
+    # half keyed by user with the Java partitioner (scored in place), half unkeyed
+    # (through the by-user topic: two transactions in a row)
     key = lambda i, e: e["user_id"].encode() if i % 2 and isinstance(e, dict) else None  # noqa: E731
+    murmur2 = {"partitioner": "murmur2_random"}
     bad = [b"{not json", b'{"user_id": 1}', b"[1, 2]"] * 5
-    produce(bootstrap, worker.settings.topic_events, events[:16_000] + bad, key=key)
 
+    # Events keep arriving (at most 1,000 a second) while the worker is killed, so that
+    # the transaction open at the kill holds work, whatever the speed of the worker.
+    def paced() -> None:
+        first = events[:16_000] + bad
+        for start in range(0, len(first), 100):
+            produce(
+                bootstrap,
+                worker.settings.topic_events,
+                first[start : start + 100],
+                key=key,
+                config=murmur2,
+            )
+            time.sleep(0.1)
+
+    producer = threading.Thread(target=paced, daemon=True)
+    producer.start()
     consume_all(
         bootstrap,
         worker.settings.topic_scores,
-        until=lambda r: len(r) >= 6000,
+        until=lambda r: len(r) >= 3000,
         timeout=180,
         config=COMMITTED,
     )
+    assert producer.is_alive(), "all events were produced before the kill"
     worker.kill()
     killed_at = time.time()
+    producer.join()
     worker.start()
-    produce(bootstrap, worker.settings.topic_events, events[16_000:], key=key)
+    produce(bootstrap, worker.settings.topic_events, events[16_000:], key=key, config=murmur2)
 
     committed = consume_all(
         bootstrap,
