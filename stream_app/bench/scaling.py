@@ -1,6 +1,7 @@
 """Scale out: throughput of 1, 2, 3… workers in one consumer group on 8 partitions.
 
-``python -m stream_app.bench.scaling [--workers 1 2 3] [--events 40000] [--partitions 8]``
+``python -m stream_app.bench.scaling [--workers 1 2 3] [--events 40000] [--partitions 8]
+[--guarantee at_least_once --guarantee exactly_once]``
 
 For each worker count, a fresh app id (consumer group) and fresh topics with
 ``--partitions`` partitions: the workers start and the group settles (every worker
@@ -9,6 +10,8 @@ possible and the rate is the number of scores over the time between the first an
 last score read back. Also reported: the workers' CPU seconds per 1,000 events (less
 disturbed by other load than the rate), the machine's CPU use during the run (all cores;
 the broker and the producer share them) and how the by-user partitions were spread.
+With several ``--guarantee`` values each worker count runs once per processing guarantee,
+back to back (``exactly_once`` scores are read ``read_committed``, as its readers would).
 """
 
 from __future__ import annotations
@@ -61,7 +64,12 @@ def assigned_partitions(log: str, topic: str) -> set[int]:
 
 
 def run_once(
-    bootstrap: str, workers: int, events: int, partitions: int, log=print
+    bootstrap: str,
+    workers: int,
+    events: int,
+    partitions: int,
+    guarantee: str = "at_least_once",
+    log=print,
 ) -> dict[str, Any]:
     import psutil
 
@@ -71,11 +79,13 @@ def run_once(
         workdir,
         prefix=f"scale{workers}",
         IMPORTANCE_PARTITIONS=str(partitions),
+        IMPORTANCE_PROCESSING_GUARANTEE=guarantee,
     )
     ensure_topics_for(env)
     by_user = f"{env['IMPORTANCE_APP_ID']}-events-by-user"
     group = [Worker.for_group(env, workdir, f"w{i + 1}") for i in range(workers)]
-    scores = Collector(bootstrap, env["IMPORTANCE_TOPIC_SCORES"])
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    scores = Collector(bootstrap, env["IMPORTANCE_TOPIC_SCORES"], isolation=isolation)
     try:
         for worker in group:
             worker.start(wait=False)
@@ -95,6 +105,7 @@ def run_once(
         seconds = arrived[-1] - arrived[0]
         result = {
             "workers": workers,
+            "guarantee": guarantee,
             "events": events,
             "seconds": seconds,
             "rate": (len(arrived) - 1) / max(1e-9, seconds),
@@ -104,7 +115,8 @@ def run_once(
             "duplicates": scores.count() - scores.distinct(),
         }
         log(
-            f"{workers} worker(s): {result['rate']:.0f} events/s over {seconds:.1f} s, "
+            f"{workers} worker(s), {guarantee}: {result['rate']:.0f} events/s over "
+            f"{seconds:.1f} s, "
             f"{result['cpu_s_per_1k']:.2f} worker CPU s per 1k events, machine "
             f"{busy:.0f} % busy, by-user partitions {spread}"
         )
@@ -122,12 +134,14 @@ def run_scaling(
     events: int = 40_000,
     partitions: int = 8,
     repeat: int = 1,
+    guarantees: tuple[str, ...] = ("at_least_once",),
     log=print,
 ) -> list[dict[str, Any]]:
     results = []
     for _ in range(repeat):
         for workers in counts:
-            results.append(run_once(bootstrap, workers, events, partitions, log=log))
+            for guarantee in guarantees:
+                results.append(run_once(bootstrap, workers, events, partitions, guarantee, log))
     return results
 
 
@@ -137,24 +151,39 @@ def run_scaling(
 @click.option("--events", type=int, default=40_000, show_default=True)
 @click.option("--partitions", type=int, default=8, show_default=True)
 @click.option("--repeat", type=int, default=1, show_default=True)
-def main(bootstrap: str | None, counts: tuple[int, ...], events: int, partitions: int, repeat: int):
+@click.option(
+    "--guarantee",
+    "guarantees",
+    type=click.Choice(["at_least_once", "exactly_once"]),
+    multiple=True,
+    default=("at_least_once",),
+    show_default=True,
+)
+def main(
+    bootstrap: str | None,
+    counts: tuple[int, ...],
+    events: int,
+    partitions: int,
+    repeat: int,
+    guarantees: tuple[str, ...],
+):
     """Events/s of 1, 2, 3 workers sharing PARTITIONS partitions."""
     from stream_app.broker import bootstrap_servers
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bootstrap = bootstrap or bootstrap_servers(start_if_needed=True)
-    results = run_scaling(bootstrap, counts, events, partitions, repeat)
-    base = {r["workers"]: r["rate"] for r in results if r["workers"] == min(counts)}
+    results = run_scaling(bootstrap, counts, events, partitions, repeat, guarantees)
+    base = {r["guarantee"]: r["rate"] for r in results if r["workers"] == min(counts)}
     click.echo(
-        "\n| workers | events/s | speed-up | worker CPU s / 1k events | machine CPU busy |"
-        " by-user partitions per worker |"
+        "\n| workers | guarantee | events/s | speed-up | worker CPU s / 1k events |"
+        " machine CPU busy | by-user partitions per worker |"
     )
-    click.echo("|---:|---:|---:|---:|---:|---|")
+    click.echo("|---:|---|---:|---:|---:|---:|---|")
     for r in results:
-        speedup = r["rate"] / base[min(counts)]
+        speedup = r["rate"] / base[r["guarantee"]]
         click.echo(
-            f"| {r['workers']} | {r['rate']:.0f} | {speedup:.2f}× | {r['cpu_s_per_1k']:.2f} | "
-            f"{r['machine_busy_pct']:.0f} % | {r['partitions']} |"
+            f"| {r['workers']} | {r['guarantee']} | {r['rate']:.0f} | {speedup:.2f}× | "
+            f"{r['cpu_s_per_1k']:.2f} | {r['machine_busy_pct']:.0f} % | {r['partitions']} |"
         )
 
 
