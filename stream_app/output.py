@@ -119,6 +119,14 @@ class Output:
         #: messages queued while a transaction commits (None: not committing)
         self._held: list[tuple[str, bytes | None, bytes | None, int]] | None = None
         self._released = threading.Event()
+        self._transaction_lock: asyncio.Lock | None = None
+
+    @property
+    def transaction_lock(self) -> asyncio.Lock:
+        """Held by whoever commits the transaction (one commit at a time)."""
+        if self._transaction_lock is None:
+            self._transaction_lock = asyncio.Lock()
+        return self._transaction_lock
 
     @property
     def transactional(self) -> bool:
@@ -259,7 +267,7 @@ class Output:
         self, offsets: list[TopicPartition] | None = None, group_metadata: bytes | None = None
     ) -> None:
         """:meth:`commit_transaction_sync` in a thread; meanwhile new messages are held and
-        go into the next transaction."""
+        go into the next transaction. The caller holds :attr:`transaction_lock`."""
         self.hold()
         try:
             await asyncio.get_running_loop().run_in_executor(
@@ -272,8 +280,9 @@ class Output:
         """Make everything produced so far durable and visible: commit the open transaction
         (it holds no consumed offsets), or, without transactions, wait for delivery."""
         if self.transactional:
-            if self._producer is not None and self.in_transaction:
-                await self.commit_transaction()
+            async with self.transaction_lock:
+                if self._producer is not None and self.in_transaction:
+                    await self.commit_transaction()
         else:
             await self.flush()
 

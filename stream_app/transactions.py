@@ -47,7 +47,13 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from stream_app.output import Output, TransactionError
 
-__all__ = ["EXIT_TRANSACTION_FAILED", "committed_end", "group_metadata", "install"]
+__all__ = [
+    "EXIT_TRANSACTION_FAILED",
+    "committed_end",
+    "committed_ends",
+    "group_metadata",
+    "install",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,40 +87,75 @@ def committed_end(reader: Any, topic: str, partition: int, timeout: float = 15.0
     it has none): where a ``read_committed`` reader of the whole partition is done.
 
     ``reader`` is a confluent-kafka ``Consumer`` reading ``read_committed`` (librdkafka's
-    default). The end offset itself is usually a transaction marker's offset + 1. The
-    partition is read backwards in growing steps until a committed record turns up."""
-    low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+    default) with ``enable.partition.eof``. See :func:`committed_ends`."""
+    return committed_ends(reader, [(topic, partition)], timeout)[(topic, partition)]
+
+
+def committed_ends(
+    reader: Any, partitions: list[tuple[str, int]], timeout: float = 15.0
+) -> dict[tuple[str, int], int]:
+    """:func:`committed_end` of several ``(topic, partition)`` at once.
+
+    The end offset of a partition written in transactions is usually a transaction
+    marker's offset + 1, and aborted records may come before it. The partitions are read
+    backwards in growing steps (16, 128, 1,024... offsets before the end), all of them in
+    one pass per step, until a committed record turns up or the start is reached."""
+    result: dict[tuple[str, int], int] = {}
+    bounds: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, partition in partitions:
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        if high > low:
+            bounds[(topic, partition)] = (low, high)
+        else:
+            result[(topic, partition)] = low
     step = 16
-    end = high
-    while end > low:
-        start = max(low, end - step)
-        last = _last_offset(reader, topic, partition, start, end, timeout)
-        if last is not None:
-            return last + 1
-        end, step = start, step * 8
-    return low
+    while bounds:
+        starts = {tp: max(low, end - step) for tp, (low, end) in bounds.items()}
+        last = _last_offsets(reader, starts, {tp: end for tp, (_, end) in bounds.items()}, timeout)
+        for tp, (low, _end) in list(bounds.items()):
+            if last.get(tp) is not None:
+                result[tp] = last[tp] + 1
+            elif starts[tp] <= low:
+                result[tp] = low
+            else:
+                continue
+            del bounds[tp]
+        bounds = {tp: (low, starts[tp]) for tp, (low, _end) in bounds.items()}
+        step *= 8
+    return result
 
 
-def _last_offset(
-    reader: Any, topic: str, partition: int, start: int, end: int, timeout: float
-) -> int | None:
-    """The highest offset below ``end`` that ``reader`` delivers from ``start`` on."""
-    reader.assign([TopicPartition(topic, partition, start)])
-    last = None
+def _last_offsets(
+    reader: Any,
+    starts: dict[tuple[str, int], int],
+    ends: dict[tuple[str, int], int],
+    timeout: float,
+) -> dict[tuple[str, int], int | None]:
+    """Per partition, the highest offset below its end that ``reader`` delivers from its
+    start on (None: none)."""
+    reader.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
+    last: dict[tuple[str, int], int | None] = dict.fromkeys(starts)
+    open_ = set(starts)
     try:
-        while True:
+        while open_:
             msg = reader.poll(timeout)
             if msg is None:
-                raise TimeoutError(f"reading {topic}[{partition}] {start}-{end}")
+                raise TimeoutError(f"reading {sorted(open_)[:3]}...: no answer in {timeout} s")
+            tp = (msg.topic(), msg.partition())
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
-                    return last
-                raise RuntimeError(f"reading {topic}[{partition}]: {msg.error()}")
-            if msg.offset() >= end:
-                return last
-            last = msg.offset()
+                    open_.discard(tp)
+                    continue
+                raise RuntimeError(f"reading {tp}: {msg.error()}")
+            if tp not in open_:
+                continue
+            if msg.offset() >= ends[tp]:
+                open_.discard(tp)
+                continue
+            last[tp] = msg.offset()
     finally:
         reader.unassign()
+    return last
 
 
 class ExactlyOnce:
@@ -134,7 +175,6 @@ class ExactlyOnce:
         self.before_commit = before_commit
         self.on_failure = on_failure or _exit_on_failure
         self.commits = 0
-        self._lock: asyncio.Lock | None = None
 
     def group_metadata(self) -> bytes:
         """The group membership Faust's consumer holds now (generation, member id)."""
@@ -149,9 +189,7 @@ class ExactlyOnce:
     async def commit_tps(self, tps: Iterable[Any], start_new_transaction: bool = True) -> bool:
         """Replaces Faust's ``Consumer._commit_tps``: commit the acknowledged offsets of
         ``tps`` in the output producer's transaction."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
+        async with self.output.transaction_lock:
             consumer = self.app.consumer
             # from here to output.hold() nothing awaits: no agent runs in between, so the
             # transaction holds exactly the outputs of the events whose offsets it commits
@@ -256,10 +294,9 @@ def _committed_ends(config: dict[str, Any], ends: dict[Any, int]) -> dict[Any, i
         }
     )
     try:
-        return {
-            tp: end if not end else committed_end(reader, tp.topic, tp.partition)
-            for tp, end in ends.items()
-        }
+        written = [(tp.topic, tp.partition) for tp, end in ends.items() if end]
+        found = committed_ends(reader, written)
+        return {tp: found.get((tp.topic, tp.partition), end) for tp, end in ends.items()}
     finally:
         reader.close()
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
-from stream_app.transactions import committed_end
+from stream_app.transactions import committed_end, committed_ends
 from tests.integration.events import synthetic_events
 from tests.integration.test_worker import ids_seen
 
@@ -138,18 +138,24 @@ def test_committed_end_skips_markers_and_aborted_records(bootstrap):
 
     topic = f"committed-end-{time.time_ns()}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": topic})
     producer.init_transactions(30)
     producer.begin_transaction()
     for i in range(5):
         producer.produce(topic, b"%d" % i, partition=0)
-    producer.commit_transaction(30)  # offsets 0-4, marker at 5
+    producer.commit_transaction(30)  # [0] offsets 0-4, marker at 5
     producer.begin_transaction()
     for _ in range(3):
         producer.produce(topic, b"aborted", partition=0)
+    for _ in range(40):
+        producer.produce(topic, b"aborted", partition=1)
     producer.flush(30)  # written to the log before the abort
-    producer.abort_transaction(30)  # offsets 6-8, marker at 9
+    producer.abort_transaction(30)  # [0] offsets 6-8, marker at 9; [1] 0-39, marker at 40
+    plain = Producer({"bootstrap.servers": bootstrap})
+    for i in range(3):
+        plain.produce(topic, b"%d" % i, partition=3)  # [3] no transactions: 0-2
+    plain.flush(30)
     reader = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -162,6 +168,14 @@ def test_committed_end_skips_markers_and_aborted_records(bootstrap):
         _, high = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=15)
         assert high == 10
         assert committed_end(reader, topic, 0) == 5
+        # several partitions in one pass; [1] holds aborted records only (read back in
+        # growing steps to its start), [2] nothing
+        assert committed_ends(reader, [(topic, p) for p in range(4)]) == {
+            (topic, 0): 5,
+            (topic, 1): 0,
+            (topic, 2): 0,
+            (topic, 3): 3,
+        }
     finally:
         reader.close()
         admin.delete_topics([topic])

@@ -44,6 +44,7 @@ class FakeProducer:
         self.fail_commit = fail_commit
         self.commit_s = commit_s
         self.lock = threading.Lock()
+        self.active = self.most_active = 0
 
     def _record(self, *call) -> None:
         with self.lock:
@@ -62,7 +63,12 @@ class FakeProducer:
         self._record("send_offsets", [(o.topic, o.partition, o.offset) for o in offsets], metadata)
 
     def commit_transaction(self, _timeout=None):
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
         time.sleep(self.commit_s)
+        with self.lock:
+            self.active -= 1
         if self.fail_commit is not None:
             self._record("commit_failed")
             raise KafkaException(self.fail_commit)
@@ -187,3 +193,24 @@ def test_retriable_commit_errors_are_retried():
     output.commit_transaction_sync()
     assert len(attempts) == 3
     assert [c[0] for c in producer.calls] == ["produce", "commit", "begin"]
+
+
+def test_a_checkpoint_and_a_commit_never_overlap():
+    """on_revoked/on_shutdown commit the transaction too (snapshots): one at a time."""
+    producer = FakeProducer(commit_s=0.1)
+    output = transactional_output(producer)
+    app = fake_app(FakeConsumer({TP("events", 0): 4}))
+    eos = ExactlyOnce(app, output, lambda: {})
+
+    async def scenario():
+        output.send("scores", b"a")
+        commit = asyncio.ensure_future(eos.commit_tps([TP("events", 0)]))
+        await asyncio.sleep(0.01)
+        output.send("model-state", b"snapshot")  # held: the commit is on its way
+        await output.checkpoint()
+        await commit
+
+    asyncio.run(scenario())
+    assert producer.most_active == 1
+    names = [c[0] for c in producer.calls]
+    assert names == ["produce", "send_offsets", "commit", "begin", "produce", "commit", "begin"]
