@@ -170,21 +170,44 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _end_offsets(bootstrap: str, topic: str, security: dict[str, str] | None = None) -> int:
-    """Sum of a topic's end offsets (0 when it does not exist yet)."""
-    from confluent_kafka import Consumer, TopicPartition
+def _end_offsets(
+    bootstrap: str, topic: str, security: dict[str, str] | None = None, retry_s: float = 30.0
+) -> int:
+    """Sum of a topic's end offsets (0 when it does not exist yet).
+
+    Right after the topic was created its partitions may have no leader yet ("Not leader
+    for partition"): retriable errors are retried for up to ``retry_s`` seconds."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "importance-demo", **(security or {})}
     )
+    # what a topic whose partitions have no leader yet (just created) answers
+    no_leader_yet = {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+    deadline = time.monotonic() + retry_s
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return 0
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        )
+        while True:
+            try:
+                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is None or meta.error is not None:
+                    return 0
+                return sum(
+                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in meta.partitions
+                )
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                code = error.code() if isinstance(error, KafkaError) else None
+                if code not in no_leader_yet and not getattr(error, "retriable", bool)():
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 
