@@ -96,6 +96,7 @@ async def decode(stream):
             continue  # handled already (delivered twice)
         for earlier in missed:
             await decode_one(earlier)
+        await events_guard.handled(message.partition)
         await decode_one(message, event.value)
 
 

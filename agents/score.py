@@ -219,6 +219,7 @@ async def score(stream):
                 continue  # handled already (delivered twice)
             for earlier in missed:
                 await score_value(partition, earlier.value, earlier)
+            await by_user_guard.handled(partition)
             await score_value(partition, event.value, event.message.tp)
     finally:
         await snapshot_all()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,13 @@ class OffsetGuard:
         client_config: Callable[[], dict[str, Any]],
         *,
         max_gap: int = 1_000_000,
+        on_handled: Callable[[int, int, int], Awaitable[Any]] | None = None,
     ) -> None:
         self.topic = topic
+        #: ``on_handled(partition, first, last)``: the offsets first..last (read back, or
+        #: found empty) are handled; tells Faust, whose commits otherwise stop at the gap
+        self.on_handled = on_handled
+        self._unreported: dict[int, tuple[int, int]] = {}
         self.group_id = group_id
         self.client_config = client_config
         self.max_gap = max_gap
@@ -90,6 +95,7 @@ class OffsetGuard:
         for partition in partitions:
             self.expected.pop(partition, None)
             self._pending.pop(partition, None)
+            self._unreported.pop(partition, None)
 
     def _client(self):
         from confluent_kafka import Consumer
@@ -167,6 +173,7 @@ class OffsetGuard:
             return []
         loop = asyncio.get_running_loop()
         messages = await loop.run_in_executor(None, self._read, partition, expected, offset)
+        self._unreported[partition] = (expected, offset - 1)
         if not messages:  # transaction markers or aborted records only
             return []
         repaired["gaps"] += 1
@@ -181,6 +188,18 @@ class OffsetGuard:
             len(messages),
         )
         return messages
+
+    async def handled(self, partition: int) -> None:
+        """Call once the messages :meth:`missed` returned are processed: their offsets
+        (and any empty ones of the gap) count as acknowledged for Faust's commits.
+
+        Faust commits a partition only up to the first offset it has not seen
+        acknowledged; without this, a partition whose messages Faust skipped would never
+        be committed again by this worker (a restart would redo everything since, and
+        with ``exactly_once`` publish it twice)."""
+        span = self._unreported.pop(partition, None)
+        if span is not None and self.on_handled is not None:
+            await self.on_handled(partition, *span)
 
     def _read(self, partition: int, start: int, end: int) -> list[RawMessage]:
         """Messages with ``start <= offset < end`` (transaction markers have none)."""
@@ -219,7 +238,12 @@ def guard_topic(app: Any, topic: str, settings: Any) -> OffsetGuard:
     def client_config() -> dict[str, Any]:
         return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
 
-    guard = OffsetGuard(topic, settings.app_id, client_config)
+    async def handled(partition: int, first: int, last: int) -> None:
+        from faust.types import TP
+
+        await app.consumer._add_gap(TP(topic, partition), first, last)
+
+    guard = OffsetGuard(topic, settings.app_id, client_config, on_handled=handled)
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: Any, assigned: set, **kwargs: Any) -> None:

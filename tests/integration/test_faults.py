@@ -53,16 +53,20 @@ def first_scores(records: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_five_sigkills_during_100k_replay(bootstrap, worker_factory):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_five_sigkills_during_100k_replay(bootstrap, worker_factory, guarantee):
     """Replay 100,000 labelled events and SIGKILL the worker at five random moments,
     restarting it each time. Every event is scored (at-least-once); duplicates are counted
-    per kill and bounded by what a crash can redo; the models keep their update counts
-    and their progressive AUC instead of starting over."""
+    per kill and bounded by what a crash can redo (none at all for read_committed readers
+    with exactly_once); the models keep their update counts and their progressive AUC
+    instead of starting over."""
     n = int(os.environ.get("IMPORTANCE_TEST_CRASH_EVENTS", "100000"))
     kills = 5
     snapshot_every = 2000
     worker = worker_factory(
-        IMPORTANCE_SNAPSHOT_EVERY=str(snapshot_every), IMPORTANCE_SNAPSHOT_INTERVAL_S="2"
+        IMPORTANCE_SNAPSHOT_EVERY=str(snapshot_every),
+        IMPORTANCE_SNAPSHOT_INTERVAL_S="2",
+        IMPORTANCE_PROCESSING_GUARANTEE=guarantee,
     )
     events = labelled_events(n, prefix="crash")
     labels = {e["event_id"]: e["label"] for e in events}
@@ -71,7 +75,8 @@ def test_five_sigkills_during_100k_replay(bootstrap, worker_factory):
     moments = sorted(rng.uniform(0.1, 0.85) * n for _ in range(kills))
     print(f"\nseed {seed}; kill after about {[int(m) for m in moments]} scored events")
 
-    scores = Collector(bootstrap, worker.settings.topic_scores)
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    scores = Collector(bootstrap, worker.settings.topic_scores, isolation=isolation)
     worker.start()
     scores.start()
     t0 = time.monotonic()
@@ -133,6 +138,8 @@ def test_five_sigkills_during_100k_replay(bootstrap, worker_factory):
     )
     assert sum(per_kill) == duplicates
     assert all(d <= bound_per_kill for d in per_kill), per_kill
+    if guarantee == "exactly_once":
+        assert duplicates == 0, f"read_committed saw {duplicates} duplicates: {per_kill}"
 
     # ---- the models kept counting: updates after each restart continue from the snapshot
     lost_learning = []

@@ -124,3 +124,30 @@ def test_revoked_partitions_are_forgotten_and_inert_guard_reads_nothing():
 
     missed, reads = run(go())
     assert missed == [] and reads == []
+
+
+def test_handled_gaps_are_reported_so_faust_can_commit_past_them():
+    """Faust commits a partition only up to its first offset not acknowledged: the
+    offsets the guard read back (or found empty) are reported once processed."""
+
+    async def go():
+        reported = []
+
+        async def on_handled(partition, first, last):
+            reported.append((partition, first, last))
+
+        guard = FakeGuard({0: 100})
+        guard.on_handled = on_handled
+        guard.on_assigned({0})
+        back = await guard.missed(0, 104)  # Faust skipped 100-103
+        await guard.handled(0)
+        await guard.missed(0, 105)  # in order: nothing to report
+        await guard.handled(0)
+        guard.log_end = 106
+        await guard.missed(0, 107)  # offset 106: a transaction marker, nothing read back
+        await guard.handled(0)
+        return [m.offset for m in back], reported
+
+    back, reported = run(go())
+    assert back == [100, 101, 102, 103]
+    assert reported == [(0, 100, 103), (0, 106, 106)]
