@@ -118,7 +118,8 @@ class Output:
         self.in_transaction = 0
         #: messages queued while a transaction commits (None: not committing)
         self._held: list[tuple[str, bytes | None, bytes | None, int]] | None = None
-        self._released = threading.Event()
+        #: set by the committing thread when it is done (committed or failed)
+        self._commit_done = threading.Event()
         self._transaction_lock: asyncio.Lock | None = None
 
     @property
@@ -174,7 +175,8 @@ class Output:
         if self._held is not None:
             self._held.append((topic, value, key, partition))
             if len(self._held) >= MAX_HELD:  # back-pressure: wait for the commit to end
-                self._released.wait()
+                self._commit_done.wait()
+                self.release()
             return
         producer = self._producer or self.producer
         self._produce(producer, topic, value, key, partition)
@@ -195,13 +197,14 @@ class Output:
 
     def hold(self) -> None:
         """Hold new messages back from the producer (a transaction is being committed)."""
-        self._released.clear()
+        self._commit_done.clear()
         self._held = []
 
     def release(self) -> None:
         """Produce the held messages (into the transaction begun since) and stop holding."""
-        held, self._held = self._held or [], None
-        self._released.set()
+        held, self._held = self._held, None
+        if not held:
+            return
         producer = self._producer or self.producer
         for topic, value, key, partition in held:
             self._produce(producer, topic, value, key, partition)
@@ -271,10 +274,18 @@ class Output:
         self.hold()
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, self.commit_transaction_sync, offsets, group_metadata
+                None, self._commit_in_thread, offsets, group_metadata
             )
         finally:
             self.release()
+
+    def _commit_in_thread(
+        self, offsets: list[TopicPartition] | None, group_metadata: bytes | None
+    ) -> None:
+        try:
+            self.commit_transaction_sync(offsets, group_metadata)
+        finally:
+            self._commit_done.set()
 
     async def checkpoint(self) -> None:
         """Make everything produced so far durable and visible: commit the open transaction

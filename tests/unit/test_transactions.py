@@ -214,3 +214,27 @@ def test_a_checkpoint_and_a_commit_never_overlap():
     assert producer.most_active == 1
     names = [c[0] for c in producer.calls]
     assert names == ["produce", "send_offsets", "commit", "begin", "produce", "commit", "begin"]
+
+
+def test_too_many_held_messages_wait_for_the_commit_without_deadlock(monkeypatch):
+    """Back-pressure: past MAX_HELD, send() waits for the committing thread, then
+    produces what was held (in order) into the new transaction."""
+    import stream_app.output as output_module
+
+    monkeypatch.setattr(output_module, "MAX_HELD", 2)
+    producer = FakeProducer(commit_s=0.2)
+    output = transactional_output(producer)
+    app = fake_app(FakeConsumer({}))
+    eos = ExactlyOnce(app, output, lambda: {})
+
+    async def scenario():
+        output.send("scores", b"a")
+        commit = asyncio.ensure_future(eos.commit_tps([]))
+        await asyncio.sleep(0.01)
+        for value in (b"b", b"c", b"d"):  # c reaches MAX_HELD: waits for the commit
+            output.send("scores", value)
+        await asyncio.wait_for(commit, 5)
+
+    asyncio.run(scenario())
+    names = [c[0] if c[0] != "produce" else c[2] for c in producer.calls]
+    assert names == [b"a", "commit", "begin", b"b", b"c", b"d"]
