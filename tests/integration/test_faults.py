@@ -167,7 +167,7 @@ def test_five_sigkills_during_100k_replay(bootstrap, worker_factory, guarantee):
                 f"kill {k + 1}, partition {partition}: {max(before)} updates before the "
                 f"kill, {after['model']['updates']} after the restart"
             )
-    print(f"updates lost per partition and kill (redone from replayed events): {lost_learning}")
+    print(f"updates lost per partition and kill (learned after the last snapshot): {lost_learning}")
     assert worker.log_text().count("restored model") >= kills
 
     # ---- progressive AUC: p (scored before the label is learned) against the label
