@@ -52,6 +52,7 @@ __all__ = [
     "committed_end",
     "committed_ends",
     "group_metadata",
+    "handled_offsets",
     "install",
 ]
 
@@ -193,12 +194,7 @@ class ExactlyOnce:
             consumer = self.app.consumer
             # from here to output.hold() nothing awaits: no agent runs in between, so the
             # transaction holds exactly the outputs of the events whose offsets it commits
-            assignment = consumer.assignment()
-            offsets = {
-                tp: offset
-                for tp, offset in consumer._filter_committable_offsets(tps).items()
-                if tp in assignment
-            }
+            offsets = handled_offsets(consumer, tps)
             if self.before_commit is not None:
                 self.before_commit()
             if not offsets and not self.output.in_transaction:
@@ -239,6 +235,36 @@ class ExactlyOnce:
             )
 
         self.app.task(announce)
+
+
+def handled_offsets(consumer: Any, tps: Iterable[Any]) -> dict[Any, int]:
+    """Per assigned partition with new acknowledgements, the offset after the highest
+    acknowledged one; Faust's bookkeeping of those acknowledgements is cleared.
+
+    Each agent handles a partition's messages one after the other, in offset order, and
+    the offset guard hands it the messages Faust skipped before the next one: once an
+    offset is acknowledged, every message before it was handled (or is a transaction
+    marker, or an aborted record). Faust's own rule (the end of the first run of
+    consecutive acknowledged offsets) can stop short of that: its gap bookkeeping counts
+    the offset after a transaction marker twice, and the commit then leaves out events
+    whose outputs are already in the transaction (a crash would publish them again).
+    """
+    assignment = consumer.assignment()
+    offsets: dict[Any, int] = {}
+    for tp in tps:
+        acked = consumer._acked.get(tp)
+        if not acked:
+            continue
+        top = max(acked) + 1
+        acked.clear()
+        consumer._acked_index[tp].clear()
+        gaps = consumer._gap.get(tp)
+        if gaps:
+            gaps.chop(0, top)
+        committed = consumer._committed_offset.get(tp)
+        if tp in assignment and (committed is None or top > committed):
+            offsets[tp] = top
+    return offsets
 
 
 def _exit_on_failure(exc: BaseException) -> None:

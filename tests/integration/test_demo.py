@@ -4,7 +4,6 @@ the worker started by the demo, every replayed event scored."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -12,27 +11,23 @@ from pathlib import Path
 
 import pytest
 
+from stream_app.bench.cluster import isolated_env
 from tests.integration.conftest import consume_all, free_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_replays_demo_data_and_everything_is_scored(bootstrap: str, tmp_path: Path):
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "IMPORTANCE_APP_ID": f"demo-{suffix}",
-        "IMPORTANCE_TOPIC_EVENTS": f"events-{suffix}",
-        "IMPORTANCE_TOPIC_SCORES": f"scores-{suffix}",
-        "IMPORTANCE_TOPIC_DLQ": f"dlq-{suffix}",
-        "IMPORTANCE_TOPIC_TRAINING": f"training-{suffix}",
-        "IMPORTANCE_TOPIC_ROLLING": f"rolling-{suffix}",
-        "IMPORTANCE_DATA_DIR": str(tmp_path / "data"),
-        "IMPORTANCE_WEB_PORT": str(free_port()),
-        "IMPORTANCE_SHARED_DATA": str(tmp_path / "no-shared-data"),
+    env = isolated_env(
+        bootstrap,
+        tmp_path,
+        prefix="demo",
+        IMPORTANCE_TOPIC_ROLLING=f"rolling-{uuid.uuid4().hex[:8]}",
+        IMPORTANCE_WEB_PORT=str(free_port()),
+        IMPORTANCE_SHARED_DATA=str(tmp_path / "no-shared-data"),
         # the download cache stays the project's own (.cache/data, or IMPORTANCE_CACHE_DIR)
-    }
+    )
+    scores_topic = env["IMPORTANCE_TOPIC_SCORES"]
     result = subprocess.run(
         [
             sys.executable,
@@ -57,13 +52,13 @@ def test_demo_replays_demo_data_and_everything_is_scored(bootstrap: str, tmp_pat
     out = result.stdout
     assert "open_bandit" in out and "(open-bandit)" in out, out  # not the shared Taobao slice
     assert "replayed 3000 events" in out, out
-    assert "Where to look:" in out and f"scores-{suffix}" in out
+    assert "Where to look:" in out and scores_topic in out
     assert "/api/stats" in out and "importance tail" in out
     scores = consume_all(
-        bootstrap, f"scores-{suffix}", until=lambda records: len(records) >= 3000, timeout=30
+        bootstrap, scores_topic, until=lambda records: len(records) >= 3000, timeout=30
     )
     ids = {r["event_id"] for r in scores}
     assert len(ids) == 3000
     assert all(0.0 <= r["importance"] <= 1.0 for r in scores)
-    log = (tmp_path / "data" / "demo-worker.log").read_text(errors="replace")
+    log = (Path(env["IMPORTANCE_DATA_DIR"]) / "demo-worker.log").read_text(errors="replace")
     assert "Worker ready" in log

@@ -11,13 +11,13 @@ from collections import Counter
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
+from stream_app.bench.eos import read_topic
 from stream_app.transactions import committed_end, committed_ends
 from tests.integration.events import synthetic_events
 from tests.integration.test_worker import ids_seen
 
 pytestmark = pytest.mark.integration
 
-UNCOMMITTED = {"isolation.level": "read_uncommitted"}
 COMMITTED = {"isolation.level": "read_committed"}
 
 
@@ -75,18 +75,13 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
         config=COMMITTED,
     )
     time.sleep(2)  # anything a late transaction would still add
-    committed = consume_all(
-        bootstrap,
-        worker.settings.topic_scores,
-        until=lambda r: len(r) >= len(committed),
-        timeout=60,
-        config=COMMITTED,
-    )
+    scores_topic = worker.settings.topic_scores
+    committed = read_topic(bootstrap, scores_topic, "read_committed")
     ids = Counter(r["event_id"] for r in committed)
     assert set(ids) == expected, f"{len(expected - set(ids))} missing\n{worker.log_tail()}"
     duplicated = [i for i, n in ids.items() if n > 1]
     examples = [
-        (r["event_id"], r["_partition"], round(r["scored_at"] - killed_at, 2), r["model"])
+        (r["event_id"], r["partition"], round(r["scored_at"] - killed_at, 2), r["model"])
         for r in committed
         if r["event_id"] in set(duplicated[:3])
     ]
@@ -95,33 +90,14 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
         f"(id, partition, scored relative to the kill, model) {examples}\n{worker.log_path}"
     )
 
-    everything = consume_all(
-        bootstrap,
-        worker.settings.topic_scores,
-        until=lambda r: len(r) >= len(committed),
-        timeout=60,
-        config=UNCOMMITTED,
-    )
-    aborted = len(everything) - len(committed)
+    aborted = len(read_topic(bootstrap, scores_topic, "read_uncommitted")) - len(committed)
     print(f"scores: {len(committed)} committed, {aborted} more in aborted transactions")
     assert aborted > 0, "the kill interrupted no transaction: the test proved nothing"
 
-    training = consume_all(
-        bootstrap,
-        worker.settings.topic_training,
-        until=lambda r: False,
-        timeout=8,
-        config=COMMITTED,
-    )
+    training = read_topic(bootstrap, worker.settings.topic_training, "read_committed")
     samples = Counter(r["event_id"] for r in training)
     assert training and max(samples.values()) == 1, "a training sample was published twice"
-    dead = consume_all(
-        bootstrap,
-        worker.settings.topic_dlq,
-        until=lambda r: len(r) > len(bad),
-        timeout=8,
-        config=COMMITTED,
-    )
+    dead = read_topic(bootstrap, worker.settings.topic_dlq, "read_committed")
     assert len(dead) == len(bad), f"{len(dead)} dead letters for {len(bad)} bad messages"
 
     # the models continued: the first record after the restart has updates of its own

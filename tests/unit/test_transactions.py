@@ -88,8 +88,12 @@ def transactional_output(producer: FakeProducer) -> Output:
 
 
 class FakeConsumer:
-    def __init__(self, acked: dict[TP, int]) -> None:
-        self.acked = acked
+    """What the commit reads of Faust's consumer: acknowledged offsets per partition."""
+
+    def __init__(self, acked: dict[TP, list[int]]) -> None:
+        self._acked = {tp: list(offsets) for tp, offsets in acked.items()}
+        self._acked_index = {tp: set(offsets) for tp, offsets in acked.items()}
+        self._gap: dict = {}
         self._committed_offset: dict[TP, int] = {}
         coordinator = SimpleNamespace(generation=3, member_id="m-1", _group_instance_id=None)
         self._thread = SimpleNamespace(
@@ -98,10 +102,6 @@ class FakeConsumer:
 
     def assignment(self):
         return {TP("events", 0), TP("events", 1)}
-
-    def _filter_committable_offsets(self, tps):
-        taken, self.acked = self.acked, {}
-        return {tp: o for tp, o in taken.items() if tp in set(tps)}
 
 
 def fake_app(consumer: FakeConsumer) -> SimpleNamespace:
@@ -119,7 +119,7 @@ def test_commit_puts_acked_offsets_in_the_transaction_and_holds_new_messages():
     producer = FakeProducer()
     output = transactional_output(producer)
     tp0, tp1, revoked = TP("events", 0), TP("events", 1), TP("events", 2)
-    consumer = FakeConsumer({tp0: 11, tp1: 5, revoked: 9})
+    consumer = FakeConsumer({tp0: [9, 10], tp1: [2, 4], revoked: [8]})
     app = fake_app(consumer)
     folded = []
     eos = ExactlyOnce(
@@ -166,7 +166,7 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_stops_the_worker():
     error = KafkaError(KafkaError._FENCED, "fenced", txn_requires_abort=True)
     producer = FakeProducer(fail_commit=error, commit_s=0)
     output = transactional_output(producer)
-    app = fake_app(FakeConsumer({TP("events", 0): 3}))
+    app = fake_app(FakeConsumer({TP("events", 0): [2]}))
     failures = []
     eos = ExactlyOnce(app, output, lambda: {}, on_failure=failures.append)
     output.send("scores", b"a")
@@ -199,7 +199,7 @@ def test_a_checkpoint_and_a_commit_never_overlap():
     """on_revoked/on_shutdown commit the transaction too (snapshots): one at a time."""
     producer = FakeProducer(commit_s=0.1)
     output = transactional_output(producer)
-    app = fake_app(FakeConsumer({TP("events", 0): 4}))
+    app = fake_app(FakeConsumer({TP("events", 0): [3]}))
     eos = ExactlyOnce(app, output, lambda: {})
 
     async def scenario():
@@ -238,3 +238,22 @@ def test_too_many_held_messages_wait_for_the_commit_without_deadlock(monkeypatch
     asyncio.run(scenario())
     names = [c[0] if c[0] != "produce" else c[2] for c in producer.calls]
     assert names == [b"a", "commit", "begin", b"b", b"c", b"d"]
+
+
+def test_offsets_go_past_gaps_the_agents_have_handled():
+    """Transaction markers (and the offsets after them, which Faust's gap bookkeeping
+    counts twice) do not hold the commit back: the offset after the highest acknowledged
+    one is committed, and Faust's acknowledgements are cleared."""
+    from intervaltree import IntervalTree
+
+    from stream_app.transactions import handled_offsets
+
+    tp = TP("events", 0)
+    consumer = FakeConsumer({tp: [29, 29, 30, 31, 33]})  # 28 and 32: markers
+    consumer._committed_offset[tp] = 28
+    consumer._gap[tp] = IntervalTree.from_tuples([(29, 30), (32, 34)])
+    assert handled_offsets(consumer, [tp]) == {tp: 34}
+    assert consumer._acked[tp] == [] and not consumer._acked_index[tp]
+    assert not consumer._gap[tp]
+    consumer._committed_offset[tp] = 34
+    assert handled_offsets(consumer, [tp]) == {}  # nothing new
