@@ -4,12 +4,15 @@ really there for ``read_uncommitted`` ones (so the crash did interrupt a transac
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import threading
 import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_app.bench.eos import read_topic
 from stream_app.transactions import committed_end, committed_ends
@@ -19,6 +22,28 @@ from tests.integration.test_worker import ids_seen
 pytestmark = pytest.mark.integration
 
 COMMITTED = {"isolation.level": "read_committed"}
+
+
+def open_transaction(bootstrap: str, topic: str) -> bool:
+    """Whether a partition of ``topic`` holds records of a transaction still open: its
+    end offset (read_uncommitted) is past its last stable offset (read_committed)."""
+    ends = {}
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "lso", "isolation.level": isolation}
+        )
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            ends[isolation] = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in sorted(meta.partitions)
+            ]
+        finally:
+            consumer.close()
+    return any(
+        end > stable
+        for stable, end in zip(ends["read_committed"], ends["read_uncommitted"], strict=True)
+    )
 
 
 def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factory):
@@ -37,8 +62,7 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
     murmur2 = {"partitioner": "murmur2_random"}
     bad = [b"{not json", b'{"user_id": 1}', b"[1, 2]"] * 5
 
-    # Events keep arriving (at most 1,000 a second) while the worker is killed, so that
-    # the transaction open at the kill holds work, whatever the speed of the worker.
+    # Events keep arriving (at most 1,000 a second) while the worker is killed.
     def paced() -> None:
         first = events[:16_000] + bad
         for start in range(0, len(first), 100):
@@ -61,6 +85,20 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
         config=COMMITTED,
     )
     assert producer.is_alive(), "all events were produced before the kill"
+    # Kill it while a transaction holds scores already written to the broker: freeze the
+    # worker (SIGSTOP), and kill it if the scores topic has records past its last stable
+    # offset, else let it go on and try again a moment later.
+    rng = random.Random()
+    for freezes in range(1, 101):  # noqa: B007 (reported below)
+        time.sleep(rng.uniform(0.05, 0.3))
+        os.killpg(worker.proc.pid, signal.SIGSTOP)
+        time.sleep(0.3)  # a commit just before the stop shows in the stable offset by now
+        if open_transaction(bootstrap, worker.settings.topic_scores):
+            break
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    else:
+        pytest.fail("never caught the worker with an open transaction")
+    print(f"\nkilled while a transaction was open (freeze {freezes})")
     worker.kill()
     killed_at = time.time()
     producer.join()
@@ -109,7 +147,6 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
 def test_committed_end_skips_markers_and_aborted_records(bootstrap):
     """What table recovery waits for: the offset after the last committed record, not
     the end offset (a transaction marker, or aborted records)."""
-    from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"committed-end-{time.time_ns()}"
