@@ -28,6 +28,7 @@ GROUP_KEYS = (
     "IMPORTANCE_ATTRIBUTION_WINDOW_S",
     "IMPORTANCE_SNAPSHOT_EVERY",
     "IMPORTANCE_SNAPSHOT_INTERVAL_S",
+    "IMPORTANCE_PROCESSING_GUARANTEE",
 )
 
 
@@ -59,12 +60,16 @@ def wait_for_split(first, second, topic: str, partitions: int) -> tuple[set[int]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 @pytest.mark.parametrize("leave", ["graceful", "sigkill"])
-def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_factory, leave):
+def test_departed_workers_partitions_move_with_their_state(
+    bootstrap, worker_factory, leave, guarantee
+):
     """Two workers on 8 partitions; one leaves mid-stream. The survivor takes its
     partitions over, restores their models (update counts continue) and their pending
     labels (labels of exposures scored by the departed worker resolve on the survivor),
-    and no event is left unscored."""
+    and no event is left unscored (nor, with exactly_once, scored twice for
+    read_committed readers)."""
     snapshot_every = 2000
     first = worker_factory(
         IMPORTANCE_PARTITIONS="8",
@@ -72,6 +77,7 @@ def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_fac
         IMPORTANCE_ATTRIBUTION_WINDOW_S="14400",
         IMPORTANCE_SNAPSHOT_EVERY=str(snapshot_every),
         IMPORTANCE_SNAPSHOT_INTERVAL_S="2",
+        IMPORTANCE_PROCESSING_GUARANTEE=guarantee,
     )
     second = worker_factory(**{k: first.env[k] for k in GROUP_KEYS if k in first.env})
     settings = first.settings
@@ -83,7 +89,8 @@ def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_fac
     print(f"\nby-user partitions: first {sorted(mine)}, second {sorted(theirs)}")
 
     events = synthetic_events(24_000, prefix=f"scale-{leave}")
-    scores = Collector(bootstrap, settings.topic_scores)
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    scores = Collector(bootstrap, settings.topic_scores, isolation=isolation)
     scores.start()
     # Half the events before the departure, half after: however fast the workers are,
     # every partition has events left for the survivor to score.
@@ -179,6 +186,8 @@ def test_departed_workers_partitions_move_with_their_state(bootstrap, worker_fac
         f"{len(carried(training))} training samples of the departed worker's exposures "
         "resolved by the survivor"
     )
+    if guarantee == "exactly_once":
+        assert duplicates == 0, f"read_committed saw {duplicates} duplicates"
     if leave == "graceful":
         # a graceful leave snapshots every model before its final flush: nothing learned
         # is lost, the survivor starts exactly where the departed worker stopped
