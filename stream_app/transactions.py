@@ -1,10 +1,10 @@
 """Exactly-once processing (``IMPORTANCE_PROCESSING_GUARANTEE=exactly_once``).
 
 Kafka's read-process-write transactions, done by the worker itself: Faust consumes and
-keeps the acknowledged offsets, :class:`~stream_app.output.Output` produces every output
-and changelog record through one transactional librdkafka producer, and at each commit
-the offsets Faust would have committed go into that producer's transaction
-(``send_offsets_to_transaction``), which then commits. Either an event's outputs, its
+keeps the acknowledged offsets, :class:`~stream_app.output.Output` produces every output,
+changelog record and model snapshot through one transactional librdkafka producer, and
+at each commit the offsets of the events handled so far go into that producer's
+transaction (``send_offsets_to_transaction``), which then commits. Either an event's outputs, its
 state changes and its offset all become visible, or none of them do. faust-streaming's
 own ``exactly_once`` is not used: its transactions follow the destination partition of a
 message, not the input offset (see docs/scaling.md, "Exactly-once").
@@ -12,7 +12,8 @@ message, not the input offset (see docs/scaling.md, "Exactly-once").
 What :func:`install` changes in the worker:
 
 * Commits. Faust's ``Consumer._commit_tps`` is replaced. Without suspending in between,
-  it takes the offsets of the acknowledged events, writes out the rolling batch, and
+  it takes the offsets of the acknowledged events (:func:`handled_offsets`), writes out
+  the rolling batch, and
   holds back new messages; the transaction with those offsets commits in a thread while
   the agents go on (what they produce meanwhile goes into the next transaction, with
   their offsets at the next commit). The group's generation and member id (KIP-447) go
