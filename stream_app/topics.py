@@ -45,18 +45,22 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
         },
     }
     admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_client_config()})
+    failure = None
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        failure = str(exc)
+    if failure is not None:
         from stream_app.broker import metadata_error
 
-        # the raised error's traceback keeps this frame alive: drop the client first, or
-        # it goes on reconnecting (and logging) for as long as the error is referenced
+        # Raised outside the except block and not chained: the KafkaException's traceback
+        # holds confluent-kafka's list_topics frame, whose `self` is the client, which
+        # would go on reconnecting (and logging) for as long as the error is referenced.
         del admin
-        reason = metadata_error(bootstrap, 5.0, settings.kafka_client_config()) or str(exc)
+        reason = metadata_error(bootstrap, 5.0, settings.kafka_client_config()) or failure
         raise ConnectionError(
             f"cannot use Kafka at {bootstrap} ({settings.security_protocol}): {reason}"
-        ) from exc
+        )
     existing = set(metadata.topics)
     for name in wanted:
         if name in existing:
