@@ -141,7 +141,7 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
             producer_config=security,
         )
         click.echo(f"replayed {stats.sent} events in {stats.seconds:.1f} s")
-        _wait_for_scores(bootstrap, settings.topic_scores, before + stats.sent, proc, security)
+        _wait_for_scores(bootstrap, settings.topic_scores, before, stats.sent, proc, security)
         click.echo(
             "\nWhere to look:\n"
             f"  scores:    {settings.topic_scores} (JSON, keyed by user_id)\n"
@@ -172,8 +172,8 @@ def demo(limit: int | None, rate: float, keep_running: bool) -> None:
 
 def _end_offsets(
     bootstrap: str, topic: str, security: dict[str, str] | None = None, retry_s: float = 30.0
-) -> int:
-    """Sum of a topic's end offsets (0 when it does not exist yet).
+) -> dict[int, int]:
+    """A topic's end offset per partition (empty when it does not exist yet).
 
     Right after the topic was created its partitions may have no leader yet ("Not leader
     for partition"): retriable errors are retried for up to ``retry_s`` seconds."""
@@ -195,11 +195,11 @@ def _end_offsets(
             try:
                 meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
                 if meta is None or meta.error is not None:
-                    return 0
-                return sum(
-                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    return {}
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                     for p in meta.partitions
-                )
+                }
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
                 code = error.code() if isinstance(error, KafkaError) else None
@@ -215,27 +215,43 @@ def _end_offsets(
 def _wait_for_scores(
     bootstrap: str,
     topic: str,
-    target: int,
+    start: dict[int, int],
+    expected: int,
     proc: subprocess.Popen,
     security: dict[str, str] | None = None,
     timeout: float = 600.0,
 ) -> None:
-    """Show the worker catching up until ``topic`` holds ``target`` records."""
+    """Show the worker catching up until ``expected`` records were published to ``topic``
+    after the offsets ``start``. Records are counted, not offsets: with ``exactly_once``
+    transaction markers take offsets too (and only committed records are read)."""
+    from confluent_kafka import Consumer, TopicPartition
     from tqdm import tqdm
 
-    start = _end_offsets(bootstrap, topic, security)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "importance-demo",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            **(security or {}),
+        }
+    )
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in meta.partitions])
     deadline = time.monotonic() + timeout
-    with tqdm(total=max(0, target - start), desc="scored", unit="ev", unit_scale=True) as bar:
-        done = start
-        while done < target and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(1.0)
-            now = _end_offsets(bootstrap, topic, security)
-            bar.update(now - done)
-            done = now
+    done = 0
+    try:
+        with tqdm(total=expected, desc="scored", unit="ev", unit_scale=True) as bar:
+            while done < expected and time.monotonic() < deadline and proc.poll() is None:
+                records = [m for m in consumer.consume(10_000, 0.5) if not m.error()]
+                done += len(records)
+                bar.update(len(records))
+    finally:
+        consumer.close()
     if proc.poll() is not None:
         raise click.ClickException(f"the worker exited with code {proc.returncode}")
-    if done < target:
-        click.echo(f"worker has published {done} of {target} records so far; see its log")
+    if done < expected:
+        click.echo(f"worker has published {done} of {expected} records so far; see its log")
 
 
 @main.command()
