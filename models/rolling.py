@@ -47,7 +47,14 @@ __all__ = [
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 #: What a top list can be ranked by.
-RANK_BY = ("importance", "mean", "events", "kept")
+#: the figure of a :func:`top_k` row that each ranking compares
+RANK_FIELD = {
+    "importance": "importance",
+    "mean": "mean_importance",
+    "events": "events",
+    "kept": "kept",
+}
+RANK_BY = tuple(RANK_FIELD)
 
 #: Items kept per user in the per-user "top items" structure.
 USER_TOP_CAP = 50
@@ -155,15 +162,6 @@ def top_k(totals: Mapping[Any, list[float]], k: int, by: str = "importance") -> 
         k, totals.items(), key=lambda kv: (-round(_rank_value(kv[1], by), 9), str(kv[0]))
     )
     return [{"id": key, **figures(agg)} for key, agg in best]
-
-
-#: the figure of a :func:`top_k` row that each ranking compares
-RANK_FIELD = {
-    "importance": "importance",
-    "mean": "mean_importance",
-    "events": "events",
-    "kept": "kept",
-}
 
 
 def merge_top(rows: Iterable[Mapping[str, Any]], k: int, by: str = "importance") -> list[dict]:

@@ -7,6 +7,8 @@ point (:mod:`stream_app.worker`) imports both.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from stream_app.config import Settings
@@ -16,6 +18,7 @@ from stream_app.topics import MODEL_STATE_MAX_BYTES, model_state_topic
 __all__ = [
     "app",
     "by_user_topic",
+    "client_config",
     "dlq_topic",
     "events_topic",
     "model_topic",
@@ -34,6 +37,11 @@ def resolve_bootstrap(settings: Settings) -> str:
     from stream_app.broker import bootstrap_servers
 
     return bootstrap_servers(start_if_needed=False)
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers and security settings for a confluent-kafka client."""
+    return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -202,10 +202,10 @@ def _end_offsets(
                 }
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
-                code = error.code() if isinstance(error, KafkaError) else None
-                if code not in no_leader_yet and not getattr(error, "retriable", bool)():
-                    raise
-                if time.monotonic() > deadline:
+                waiting = isinstance(error, KafkaError) and (
+                    error.code() in no_leader_yet or error.retriable()
+                )
+                if not waiting or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
     finally:

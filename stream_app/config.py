@@ -32,6 +32,11 @@ def _env(name: str, default: str) -> str:
     return default if value is None or value == "" else value
 
 
+def _switch(name: str, default: bool = True) -> bool:
+    """An on/off variable: ``0``, ``false``, ``no`` and ``off`` (any case) are off."""
+    return _env(name, str(default)).strip().lower() not in ("0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; ``Settings.from_env()`` reads them from the environment."""
@@ -208,8 +213,7 @@ class Settings:
                 "IMPORTANCE_PROCESSING_GUARANTEE", cls.processing_guarantee
             ).lower(),
             transactional_id=os.environ.get("IMPORTANCE_TRANSACTIONAL_ID") or None,
-            score_in_place=_env("IMPORTANCE_SCORE_IN_PLACE", "true").strip().lower()
-            not in ("0", "false", "no", "off"),
+            score_in_place=_switch("IMPORTANCE_SCORE_IN_PLACE"),
             security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
             sasl_mechanism=(os.environ.get("KAFKA_SASL_MECHANISM") or "").upper() or None,
             sasl_username=os.environ.get("KAFKA_SASL_USERNAME") or None,
@@ -217,8 +221,7 @@ class Settings:
             ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE") or None,
             ssl_certfile=os.environ.get("KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=os.environ.get("KAFKA_SSL_KEYFILE") or None,
-            rolling_enabled=_env("IMPORTANCE_ROLLING", "true").strip().lower()
-            not in ("0", "false", "no", "off"),
+            rolling_enabled=_switch("IMPORTANCE_ROLLING"),
             rolling_windows=_env("IMPORTANCE_ROLLING_WINDOWS", cls.rolling_windows),
             rolling_step_s=float(_env("IMPORTANCE_ROLLING_STEP_S", str(cls.rolling_step_s))),
             rolling_publish_s=float(

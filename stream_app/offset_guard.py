@@ -16,8 +16,8 @@ transactions have consecutive offsets; with ``exactly_once`` every transaction l
 marker (an offset no consumer receives) and aborted records, so there a gap is read back
 ``read_committed`` and usually turns out empty. The guard reads them from Kafka
 itself and hands them to the agent, which processes them before message *n*: order per
-partition is kept, and a message that Faust delivers anyway later is processed twice
-(a duplicate, as at-least-once allows), never lost.
+partition is kept, and a message that Faust delivers anyway later is skipped (its offset
+was handled already), so it is neither lost nor published twice.
 """
 
 from __future__ import annotations
@@ -233,17 +233,14 @@ class OffsetGuard:
 def guard_topic(app: Any, topic: str, settings: Any) -> OffsetGuard:
     """An :class:`OffsetGuard` for ``topic``, kept up to date by the app's partition
     assignment signals."""
-    from stream_app.app import resolve_bootstrap
-
-    def client_config() -> dict[str, Any]:
-        return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
+    from stream_app.app import client_config
 
     async def handled(partition: int, first: int, last: int) -> None:
         from faust.types import TP
 
         await app.consumer._add_gap(TP(topic, partition), first, last)
 
-    guard = OffsetGuard(topic, settings.app_id, client_config, on_handled=handled)
+    guard = OffsetGuard(topic, settings.app_id, lambda: client_config(settings), on_handled=handled)
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: Any, assigned: set, **kwargs: Any) -> None:

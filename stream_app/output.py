@@ -314,21 +314,6 @@ class Output:
 
         producer.flush = flush
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Deliver what is queued (best effort) before the process ends; a transactional
-        producer commits its open transaction (it holds no consumed offsets)."""
-        if self._producer is None:
-            return
-        if self.transactional:
-            try:
-                self._producer.commit_transaction(timeout)
-            except Exception as exc:
-                log.error("output: could not commit the last transaction: %s", exc)
-            return
-        left = self._producer.flush(timeout)
-        if left:
-            log.error("output: %d messages undelivered at shutdown", left)
-
 
 class ChangelogStore(MutableMapping[Any, Any]):
     """A Faust table's local data, written through :class:`Output` to its changelog.

@@ -53,9 +53,10 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
     if failure is not None:
         from stream_app.broker import metadata_error
 
-        # Raised outside the except block and not chained: the KafkaException's traceback
-        # holds confluent-kafka's list_topics frame, whose `self` is the client, which
-        # would go on reconnecting (and logging) for as long as the error is referenced.
+        # The raised error's traceback keeps this frame (hence `admin`, deleted here) and,
+        # if chained, the KafkaException's, whose list_topics frame holds the client as
+        # `self`: either would keep the client reconnecting (and logging) for as long as
+        # the error is referenced. So: no chaining, and no client left in this frame.
         del admin
         reason = metadata_error(bootstrap, 5.0, settings.kafka_client_config()) or failure
         raise ConnectionError(

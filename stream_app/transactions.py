@@ -176,7 +176,6 @@ class ExactlyOnce:
         self.client_config = client_config
         self.before_commit = before_commit
         self.on_failure = on_failure or _exit_on_failure
-        self.commits = 0
 
     def group_metadata(self) -> bytes:
         """The group membership Faust's consumer holds now (generation, member id)."""
@@ -207,7 +206,6 @@ class ExactlyOnce:
             except Exception as exc:
                 self.on_failure(exc)
                 return False
-            self.commits += 1
             if not offsets:
                 return False
             now = time.monotonic()
@@ -330,11 +328,8 @@ def _committed_ends(config: dict[str, Any], ends: dict[Any, int]) -> dict[Any, i
 
 def install(app: Any, output: Output, settings: Any, before_commit: Callable[[], None]) -> Any:
     """Switch the worker to exactly-once processing (``settings.exactly_once``)."""
-    from stream_app.app import resolve_bootstrap
+    from stream_app.app import client_config
 
-    def client_config() -> dict[str, Any]:
-        return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
-
-    eos = ExactlyOnce(app, output, client_config, before_commit)
+    eos = ExactlyOnce(app, output, lambda: client_config(settings), before_commit)
     eos.install()
     return eos

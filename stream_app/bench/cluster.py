@@ -33,6 +33,7 @@ __all__ = [
     "free_port",
     "group_lag",
     "isolated_env",
+    "isolation_for",
     "iter_labelled_events",
     "labelled_events",
     "produce",
@@ -271,6 +272,12 @@ def produce(
     if producer.flush(120) != 0 or failed:
         raise RuntimeError(f"{len(failed)} deliveries failed: {failed[:3]}")
     return sent
+
+
+def isolation_for(guarantee: str) -> str:
+    """How a reader of the worker's outputs reads them under ``guarantee``:
+    ``read_committed`` with ``exactly_once`` (as its readers would), else everything."""
+    return "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
 
 
 class Collector(threading.Thread):

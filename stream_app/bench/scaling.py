@@ -32,6 +32,7 @@ from stream_app.bench.cluster import (
     Worker,
     ensure_topics_for,
     isolated_env,
+    isolation_for,
     iter_labelled_events,
     produce,
 )
@@ -84,8 +85,9 @@ def run_once(
     ensure_topics_for(env)
     by_user = f"{env['IMPORTANCE_APP_ID']}-events-by-user"
     group = [Worker.for_group(env, workdir, f"w{i + 1}") for i in range(workers)]
-    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
-    scores = Collector(bootstrap, env["IMPORTANCE_TOPIC_SCORES"], isolation=isolation)
+    scores = Collector(
+        bootstrap, env["IMPORTANCE_TOPIC_SCORES"], isolation=isolation_for(guarantee)
+    )
     try:
         for worker in group:
             worker.start(wait=False)

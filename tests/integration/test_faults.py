@@ -20,6 +20,7 @@ from stream_app.bench.cluster import (
     Collector,
     auc,
     group_lag,
+    isolation_for,
     labelled_events,
     produce,
 )
@@ -75,8 +76,7 @@ def test_five_sigkills_during_100k_replay(bootstrap, worker_factory, guarantee):
     moments = sorted(rng.uniform(0.1, 0.85) * n for _ in range(kills))
     print(f"\nseed {seed}; kill after about {[int(m) for m in moments]} scored events")
 
-    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
-    scores = Collector(bootstrap, worker.settings.topic_scores, isolation=isolation)
+    scores = Collector(bootstrap, worker.settings.topic_scores, isolation=isolation_for(guarantee))
     worker.start()
     scores.start()
     t0 = time.monotonic()

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from stream_app.bench.cluster import Collector, produce
+from stream_app.bench.cluster import Collector, isolation_for, produce
 from stream_app.bench.scaling import assigned_partitions
 from tests.integration.events import synthetic_events
 from tests.integration.test_faults import healthz
@@ -89,8 +89,7 @@ def test_departed_workers_partitions_move_with_their_state(
     print(f"\nby-user partitions: first {sorted(mine)}, second {sorted(theirs)}")
 
     events = synthetic_events(24_000, prefix=f"scale-{leave}")
-    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
-    scores = Collector(bootstrap, settings.topic_scores, isolation=isolation)
+    scores = Collector(bootstrap, settings.topic_scores, isolation=isolation_for(guarantee))
     scores.start()
     # Half the events before the departure, half after: however fast the workers are,
     # every partition has events left for the survivor to score.
