@@ -678,6 +678,11 @@ class ServiceCollector:
         )
         for name, value, doc in (
             (
+                "importance_web_connections_timed_out",
+                web_counts.connections_timed_out,
+                "HTTP connections closed after IMPORTANCE_WEB_IDLE_TIMEOUT_S without a request",
+            ),
+            (
                 "importance_web_connections_evicted",
                 web_counts.connections_evicted,
                 "Idle or slow HTTP connections closed to admit a newer one",

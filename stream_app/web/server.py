@@ -8,11 +8,12 @@ parser message, which quotes the request line or header (and with it any token i
 :class:`Web` (registered as the ``importance://`` web driver, see ``stream_app/app.py``)
 changes that:
 
-* **Timeouts.** aiohttp's ``keepalive_timeout`` starts when a connection opens and again
-  after each answer, and closes the connection if no complete request has arrived by
-  then: idle connections and request headers trickled in (slowloris) are closed after
-  ``IMPORTANCE_WEB_IDLE_TIMEOUT_S``. A body the handler does not read (every route is a
-  GET) is drained for at most as long (``lingering_time``), then the connection closes.
+* **Timeouts.** A connection that has had no request inside a handler for
+  ``IMPORTANCE_WEB_IDLE_TIMEOUT_S`` since it opened or since its last request is closed:
+  idle keep-alive connections, request headers trickled in (slowloris), a body the
+  handler does not read (every route is a GET) trickled in, and an answer read slowly.
+  A timer of :class:`GuardedRunner` does it, whatever the aiohttp version; aiohttp's own
+  ``keepalive_timeout`` and ``lingering_time`` are set to the same value.
 * **A cap on connections** (``IMPORTANCE_WEB_MAX_CONNECTIONS``, lowered at start to the
   file-descriptor limit minus :data:`FD_RESERVE`). A connection past the cap closes the
   least recently used connection that is not inside a handler (as nginx reuses its idle
@@ -84,6 +85,8 @@ class WebCounters:
     #: connections open now
     connections: int = 0
     connections_total: int = 0
+    #: connections closed after IMPORTANCE_WEB_IDLE_TIMEOUT_S without a request
+    connections_timed_out: int = 0
     #: idle or slow connections closed to admit a newer one
     connections_evicted: int = 0
     #: connections refused with a 503 (every slot busy or just opened)
@@ -112,6 +115,16 @@ def connection_cap(configured: int, fd_soft_limit: int | None = None) -> int:
     if fd_soft_limit == resource.RLIM_INFINITY or fd_soft_limit <= 0:
         return configured
     return max(16, min(configured, fd_soft_limit - FD_RESERVE))
+
+
+def _shut(handler: Any) -> None:
+    """Close a connection the guard gave up on; an answer still waiting for a slow
+    reader is dropped (``abort``) rather than flushed first (``close``)."""
+    handler.closed_by_guard = True
+    transport = getattr(handler, "transport", None)
+    if transport is not None and transport.get_write_buffer_size() > 0:
+        transport.abort()
+    handler.force_close()
 
 
 class ConnectionGuard:
@@ -149,11 +162,24 @@ class ConnectionGuard:
                 return False
             web_counters.connections_evicted += 1
             del self._open[victim]
-            victim.evicted = True
-            victim.force_close()
+            _shut(victim)
         self._open[handler] = now
         web_counters.connections = len(self._open)
         return True
+
+    def sweep(self, timeout: float) -> int:
+        """Close every connection that has had no request inside a handler for ``timeout``
+        seconds (idle, trickling a request, or slowly reading its answer); how many."""
+        now = self.clock()
+        stale = [
+            h for h, since in self._open.items() if h not in self._busy and now - since >= timeout
+        ]
+        for handler in stale:
+            del self._open[handler]
+            _shut(handler)
+        web_counters.connections_timed_out += len(stale)
+        web_counters.connections = len(self._open)
+        return len(stale)
 
     def release(self, handler: Any) -> None:
         self._open.pop(handler, None)
@@ -175,6 +201,7 @@ class ConnectionGuard:
             self._busy.pop(handler, None)
         if handler in self._open:
             self._open[handler] = self.clock()
+            self._open.move_to_end(handler)
 
 
 #: the guard of the running server (None before it starts); the API's middleware marks
@@ -185,14 +212,14 @@ guard: ConnectionGuard | None = None
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection protocol, with the cap and quiet, credential-free errors."""
 
-    #: closed by the :class:`ConnectionGuard` to admit a newer connection
-    evicted = False
+    #: closed by the :class:`ConnectionGuard` (timed out, or to admit a newer connection)
+    closed_by_guard = False
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """aiohttp's "Unhandled exception" and the like: one line (rate-limited) with the
         traceback, or nothing for a connection the guard closed (its lingering read of
         an unread body fails with "Connection closed")."""
-        if self.evicted:
+        if self.closed_by_guard:
             return
         exc = kwargs.get("exc_info")
         kind = type(exc).__name__ if isinstance(exc, BaseException) else "error"
@@ -249,19 +276,48 @@ class GuardedServer(Server):
 
 
 class GuardedRunner(AppRunner):
-    """Faust's ``AppRunner``, whose server is a :class:`GuardedServer`."""
+    """Faust's ``AppRunner``, whose server is a :class:`GuardedServer`, with a timer that
+    closes connections idle for ``idle_timeout`` seconds (also where aiohttp's own
+    ``keepalive_timeout`` does not apply: before the first request in aiohttp < 3.14,
+    and while an answer is slowly read)."""
 
-    def __init__(self, app: aioweb.Application, *, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+    def __init__(
+        self,
+        app: aioweb.Application,
+        *,
+        max_connections: int,
+        idle_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, keepalive_timeout=idle_timeout, lingering_time=idle_timeout, **kwargs)
         self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def _make_server(self) -> Server:
         global guard
         server = await super()._make_server()
         # aiohttp builds the server in Application._make_handler; it only adds methods
         server.__class__ = GuardedServer
-        server.connection_guard = guard = ConnectionGuard(self.max_connections, server._loop.time)
+        loop = asyncio.get_running_loop()
+        server.connection_guard = guard = ConnectionGuard(self.max_connections, loop.time)
+        self._schedule_sweep(loop, guard)
         return server
+
+    def _schedule_sweep(
+        self, loop: asyncio.AbstractEventLoop, connections: ConnectionGuard
+    ) -> None:
+        def sweep() -> None:
+            connections.sweep(self.idle_timeout)
+            self._schedule_sweep(loop, connections)
+
+        self._sweeper = loop.call_later(min(1.0, self.idle_timeout / 4), sweep)
+
+    async def cleanup(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await super().cleanup()
 
 
 class Web(FaustWeb):
@@ -287,8 +343,7 @@ class Web(FaustWeb):
             self.web_app,
             access_log=None,
             max_connections=cap,
-            keepalive_timeout=settings.web_idle_timeout_s,
-            lingering_time=settings.web_idle_timeout_s,
+            idle_timeout=settings.web_idle_timeout_s,
         )
 
     def _new_transport_tcp(self) -> TCPSite:

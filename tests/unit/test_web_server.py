@@ -116,18 +116,50 @@ def test_secrets_are_redacted_from_messages_arguments_and_tracebacks():
     assert "peer-abcdef" not in text and "[redacted]" in text and "ValueError" in text
 
 
+def test_the_sweep_closes_stale_connections_but_not_busy_ones(monkeypatch):
+    monkeypatch.setattr(server, "web_counters", type(web_counters)())
+    clock = Clock()
+    guard = ConnectionGuard(10, clock)
+    idle, busy, recent = Conn("idle"), Conn("busy"), Conn("recent")
+    for conn in (idle, busy, recent):
+        guard.admit(conn, Transport())
+    guard.enter(busy)
+    clock.t += 5.0
+    guard.enter(recent)
+    guard.leave(recent)
+    clock.t += 1.0
+    assert guard.sweep(5.0) == 1
+    assert idle.closed and idle.closed_by_guard and not busy.closed and not recent.closed
+    assert server.web_counters.connections_timed_out == 1 and len(guard) == 2
+
+
+@web.middleware
+async def _mark_busy(request: web.Request, handler):
+    # what the API's middleware does for the guard
+    server.guard.enter(request.protocol)
+    try:
+        return await handler(request)
+    finally:
+        server.guard.leave(request.protocol)
+
+
 async def _serve(max_connections: int, idle_s: float):
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    app = web.Application()
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 32_000_000)
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3 * idle_s)
+        return web.json_response({"slow": True})
+
+    app = web.Application(middlewares=[_mark_busy])
     app.router.add_get("/ok", ok)
+    app.router.add_get("/big", big)
+    app.router.add_get("/slow", slow)
     runner = GuardedRunner(
-        app,
-        access_log=None,
-        max_connections=max_connections,
-        keepalive_timeout=idle_s,
-        lingering_time=idle_s,
+        app, access_log=None, max_connections=max_connections, idle_timeout=idle_s
     )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -190,6 +222,32 @@ def test_a_real_server_closes_idle_connections_and_evicts_for_newcomers():
     fresh, evicted, closed = asyncio.run(main())
     assert fresh.startswith(b"HTTP/1.1 200")
     assert evicted >= 1 and closed == 4
+
+
+def test_a_real_server_closes_slow_readers_but_waits_for_slow_handlers():
+    async def main():
+        runner, port = await _serve(16, 0.5)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(2.0)  # not reading: the answer waits in the buffers
+            received = 0
+            try:
+                while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+                    received += len(chunk)
+            except ConnectionError:
+                pass
+            writer.close()
+            slow = await _request(
+                port, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+        finally:
+            await runner.cleanup()
+        return received, slow
+
+    received, slow = asyncio.run(main())
+    assert received < 32_000_000  # cut off: the reader was too slow
+    assert slow.startswith(b"HTTP/1.1 200")  # 1.5 s inside the handler is not idle
 
 
 async def _alive(reader: asyncio.StreamReader) -> bool:
