@@ -102,6 +102,14 @@ def _json_response(body: Any, status: int = 200, headers: dict | None = None) ->
     )
 
 
+def _shown(value: str) -> str:
+    """A client's value as an error message quotes it: short, and never a credential."""
+    for secret in (settings.api_token, settings.peer_secret):
+        if secret and secret in value:
+            return "(a value that holds a credential)"
+    return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+
+
 def int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     raw = query.get(name)
     if raw is None:
@@ -109,7 +117,7 @@ def int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+        raise BadRequest(f"{name} must be an integer, got {_shown(raw)}") from None
     if not lo <= value <= hi:
         raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
     return value
@@ -118,7 +126,7 @@ def int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
 def choice_param(query: Any, name: str, default: str, choices: Any) -> str:
     raw = query.get(name, default)
     if raw not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {_shown(raw)}")
     return raw
 
 
@@ -287,7 +295,13 @@ def peer_urls(entity: str) -> list[str]:
         hosts = app.router.table_metadata(rolling.STATES[entity].table.name)
     except Exception:  # no assignment yet (starting, rebalancing): answer alone
         return []
-    return sorted({origin(str(url)) for url in hosts} - {OWN_URL})
+    urls = set()
+    for url in hosts:
+        try:
+            urls.add(origin(str(url)))
+        except ValueError:  # what a member advertised is no URL: listed, never asked
+            urls.add(str(url)[:200])
+    return sorted(urls - {OWN_URL})
 
 
 async def _read_bounded(response: Any, limit: int) -> bytes:
@@ -311,14 +325,20 @@ async def ask_peer(session: Any, url: str, raw_path: str, params: dict[str, str]
     import aiohttp
 
     secret = settings.peer_secret
-    headers: dict[str, str] = {}
+    try:
+        usable = url.startswith(("http://", "https://")) and origin(url) == url
+    except ValueError:
+        usable = False
+    if not usable:
+        return None, "not asked: the advertised URL is not http(s)://host:port"
+    if not secret and settings.api_token:
+        return None, "not asked: IMPORTANCE_PEER_SECRET is not set"
+    headers = {"Accept-Encoding": "identity"}  # the signature covers the body as sent
     nonce = None
     if secret:
         headers[PEER_HEADER], nonce = sign_request(secret, "GET", url, raw_path, params)
-    elif settings.api_token:
-        return None, "not asked: IMPORTANCE_PEER_SECRET is not set"
-    target = URL(origin(url) + raw_path, encoded=True).with_query(params)
     try:
+        target = URL(url + raw_path, encoded=True).with_query(params)
         async with session.get(target, headers=headers, allow_redirects=False) as response:
             body = await _read_bounded(response, MAX_ANSWER_BYTES)
             if response.status != 200:
@@ -337,7 +357,7 @@ async def ask_peer(session: Any, url: str, raw_path: str, params: dict[str, str]
         return None, f"invalid answer: {exc}"
     except asyncio.TimeoutError:
         return None, f"no answer within {PEER_TIMEOUT_S:g} s"
-    except (aiohttp.ClientError, OSError) as exc:  # down, rebalancing, refused
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # down, rebalancing, refused
         return None, f"connection failed ({type(exc).__name__})"
 
 
@@ -417,7 +437,9 @@ class Top(web.View):
 
     async def get(self, request: web.Request, entity: str) -> web.Response:
         if entity not in ENTITY_PATHS:
-            raise BadRequest(f"entity must be one of {', '.join(ENTITY_PATHS)}, got {entity!r}")
+            raise BadRequest(
+                f"entity must be one of {', '.join(ENTITY_PATHS)}, got {_shown(entity)}"
+            )
         query = request.query
         window = choice_param(query, "window", next(iter(rolling.WINDOWS)), rolling.WINDOWS)
         k = int_param(query, "k", 20, 1, MAX_K)
@@ -438,7 +460,14 @@ def owner_url(user_id: str) -> str | None:
         raise Unavailable(
             "no partition assignment yet (the group is starting or rebalancing)"
         ) from None
-    url = origin(str(dest))
+    try:
+        url = origin(str(dest))
+    except ValueError:
+        raise Unavailable(
+            "the worker that owns this user's partition advertises no usable URL",
+            status=502,
+            error="bad_gateway",
+        ) from None
     return None if url == OWN_URL else url
 
 

@@ -125,9 +125,15 @@ def test_credentials_are_never_echoed_or_logged(token_worker):
         assert status_of(answer) == 400, (name, answer[:200])
         assert tok not in answer and PEER_SECRET.encode() not in answer, (name, answer[:400])
         assert json.loads(body_of(answer))["error"] == "bad_request", name
-    # a handler that fails never puts its request in its answer either
-    status, _, body = http(port, "/api/users/" + TOKEN + "/top-items?k=xyz", token=TOKEN)
-    assert status == 400 and tok not in body
+    # a parameter error quotes the value, but never a credential
+    for path in (
+        f"/api/users/{TOKEN}/top-items?k=xyz",
+        f"/api/stats?history={TOKEN}",
+        f"/api/top/items?window={PEER_SECRET}",
+        f"/api/top/{TOKEN}",
+    ):
+        status, _, body = http(port, path, token=TOKEN)
+        assert status == 400 and tok not in body and PEER_SECRET.encode() not in body, body
     time.sleep(1.0)
     text = token_worker.log_text()
     assert TOKEN not in text and PEER_SECRET not in text
