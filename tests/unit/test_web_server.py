@@ -262,3 +262,18 @@ async def _alive(reader: asyncio.StreamReader) -> bool:
 @pytest.fixture(autouse=True)
 def _no_guard_left(monkeypatch):
     monkeypatch.setattr(server, "guard", None)
+
+
+def test_install_redaction_attaches_one_filter_to_each_handler():
+    logger = logging.getLogger("test.redact.install")
+    logger.propagate = False
+    handlers = [logging.StreamHandler(), logging.StreamHandler()]
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        server.install_redaction(["s3cret-value"], logger)
+        server.install_redaction(["s3cret-value"], logger)  # a restart: still one each
+        assert [sum(isinstance(f, RedactSecrets) for f in h.filters) for h in handlers] == [1, 1]
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
