@@ -154,24 +154,27 @@ def rogue_group(bootstrap, tmp_path_factory):
     fake = FakePeer()
     factory = worker_factory.__wrapped__(bootstrap, tmp_path_factory.mktemp("rogue"))
     make = next(factory)
-    honest = make(IMPORTANCE_API_TOKEN=TOKEN, IMPORTANCE_PEER_SECRET=SECRET)
-    rogue = make(
-        **{k: honest.env[k] for k in GROUP_KEYS if k in honest.env},
-        IMPORTANCE_WEB_ADVERTISED_URL=fake.url,
-    )
-    honest.start()
-    rogue.start()
-    wait_for_split(honest, rogue, f"{honest.settings.app_id}-rolling-by-item", 4)
-    port = honest.settings.web_port
+    try:
+        honest = make(IMPORTANCE_API_TOKEN=TOKEN, IMPORTANCE_PEER_SECRET=SECRET)
+        rogue = make(
+            **{k: honest.env[k] for k in GROUP_KEYS if k in honest.env},
+            IMPORTANCE_WEB_ADVERTISED_URL=fake.url,
+        )
+        honest.start()
+        rogue.start()
+        wait_for_split(honest, rogue, f"{honest.settings.app_id}-rolling-by-item", 4)
+        port = honest.settings.web_port
 
-    def fanned_out():
-        status, doc = get_json(port, "/api/top/items?window=1h&k=10", token=TOKEN)
-        return doc if status == 200 and fake.url in [w["url"] for w in doc["workers"]] else None
+        def fanned_out():
+            status, doc = get_json(port, "/api/top/items?window=1h&k=10", token=TOKEN)
+            urls = [w["url"] for w in doc.get("workers", [])]
+            return doc if status == 200 and fake.url in urls else None
 
-    wait_for(fanned_out, timeout=60, what="the honest worker asking the fake")
-    yield honest, fake
-    next(factory, None)
-    fake.close()
+        wait_for(fanned_out, timeout=60, what="the honest worker asking the fake")
+        yield honest, fake
+    finally:  # the workers stop even when the setup failed
+        next(factory, None)
+        fake.close()
 
 
 def test_the_rogue_member_never_receives_the_token_or_the_secret(rogue_group):
