@@ -312,7 +312,8 @@ def probe(port: int, path: str, timeout: float) -> tuple[int, float]:
 def test_connection_flood_does_not_starve_the_api(bootstrap, worker_factory):
     """3,000 idle and trickling connections, held and reopened at once when closed, for
     25 s, against a worker whose file-descriptor limit is 1,024: /healthz and /api/stats
-    answer 200 within 3 s throughout, and the events produced meanwhile are all scored."""
+    answer 200 within 5 s throughout (about 2 s on a quiet machine; the flood and the
+    worker share its cores), and the events produced meanwhile are all scored."""
     worker = worker_factory(IMPORTANCE_API_TOKEN=TOKEN)
     worker.start()
     port = worker.settings.web_port
@@ -337,7 +338,7 @@ def test_connection_flood_does_not_starve_the_api(bootstrap, worker_factory):
     fd_peak = 0  # the worker's open descriptors, sampled
     while flood.is_alive():
         for path in ("/healthz", "/api/stats"):
-            probes.append((path, *probe(port, path, 3.0)))
+            probes.append((path, *probe(port, path, 5.0)))
             fd_peak = max(fd_peak, len(os.listdir(f"/proc/{worker.proc.pid}/fd")))
         time.sleep(1.0)
     stats = out.get(timeout=30)
