@@ -6,8 +6,9 @@ not say so in one place. Every ``CHECK_INTERVAL_S`` seconds this timer asks the 
 for metadata over the worker's own producer connection (so it uses exactly the client
 settings of the worker, security included), records the outcome in
 :data:`stream_app.metrics.health`, logs every change (outage begins / ends, and a
-reminder while it lasts) and serves it at ``GET /healthz`` (200 when the broker answers,
-503 otherwise).
+reminder while it lasts); :func:`healthz_body` is what ``GET /healthz`` answers (200
+when the broker answers, 503 otherwise), served by :mod:`stream_app.web.api`, the one
+place that registers the route.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from stream_app.app import app
 from stream_app.metrics import counters, health
 
-__all__ = ["CHECK_INTERVAL_S", "RateLimitFilter", "check_broker", "record_check"]
+__all__ = ["CHECK_INTERVAL_S", "RateLimitFilter", "check_broker", "healthz_body", "record_check"]
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,3 @@ def healthz_body() -> tuple[dict, int]:
         "scored": counters.scored,
     }
     return body, 200 if health.broker_connected else 503
-
-
-if "/healthz" not in app.web.views:  # the web API may serve its own, richer /healthz
-
-    @app.page("/healthz")
-    async def healthz(web, request):
-        body, status = healthz_body()
-        return web.json(body, status=status)

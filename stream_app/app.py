@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from faust.web import drivers as web_drivers
 
 from stream_app.config import Settings
 from stream_app.output import Output
@@ -44,6 +45,10 @@ def client_config(settings: Settings) -> dict[str, Any]:
     return {"bootstrap.servers": resolve_bootstrap(settings), **settings.kafka_client_config()}
 
 
+#: Faust's aiohttp driver with connection limits and quiet, credential-free errors
+web_drivers.DRIVERS.aliases.setdefault("importance", "stream_app.web.server:Web")
+
+
 def create_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings``."""
     bootstrap = resolve_bootstrap(settings)
@@ -58,10 +63,18 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         datadir=settings.data_dir,
+        web="importance://",
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # what the group's assignment tells the other workers (fan-out, user routing)
+        canonical_url=settings.advertised_url,
         web_enabled=True,
+        # Faust's /router/* and /table/* show worker URLs, assignments and table names
+        # (and answer unknown names with a 503 and a KeyError); the API's routing to
+        # other workers reads the assignment in-process and does not need them
+        web_router_enabled=False,
+        web_tables_enabled=False,
         # exactly_once is the worker's own (stream_app/transactions.py), not Faust's
         processing_guarantee="at_least_once",
         producer_max_request_size=MODEL_STATE_MAX_BYTES,

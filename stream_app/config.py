@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -30,6 +31,15 @@ def _default_data_dir() -> str:
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
+
+
+def _number(name: str, default: float, kind: type = float) -> Any:
+    """A numeric variable; a value that is not a number names the variable."""
+    raw = _env(name, str(default))
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
 
 
 def _switch(name: str, default: bool = True) -> bool:
@@ -78,6 +88,21 @@ class Settings:
     rolling_step_s: float = 60.0
     rolling_publish_s: float = 2.0
     api_token: str | None = field(default=None, repr=False)
+    # The web server's limits (stream_app/web/server.py).
+    #: (0, 3600] s: a connection on which no complete request arrives for this long (idle
+    #: keep-alive, or request headers or an unread body trickled in) is closed
+    web_idle_timeout_s: float = 15.0
+    #: [1, 65536]: open HTTP connections; past it the least recently used idle one is
+    #: closed (also lowered to the file-descriptor limit minus 256 at start)
+    web_max_connections: int = 512
+    #: [1, 65535]: listen backlog of the web socket (the kernel caps it at somaxconn)
+    web_backlog: int = 1024
+    #: the URL other workers of the group use to reach this one (default
+    #: http://<web_host>:<web_port>); http(s)://host:port, nothing else
+    web_advertised_url: str | None = None
+    #: >= 16 characters, not the API token: the secret the workers of a group sign their
+    #: requests to each other and their answers with (HMAC-SHA256)
+    peer_secret: str | None = field(default=None, repr=False)
 
     @property
     def topic_by_user(self) -> str:
@@ -98,7 +123,58 @@ class Settings:
 
         return f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
 
+    @property
+    def advertised_url(self) -> str:
+        """The web URL this worker advertises to its group (Faust's ``canonical_url``)."""
+        return (self.web_advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+
+    def _check_web(self) -> None:
+        if not (math.isfinite(self.web_idle_timeout_s) and 0 < self.web_idle_timeout_s <= 3600):
+            raise ValueError(
+                f"IMPORTANCE_WEB_IDLE_TIMEOUT_S={self.web_idle_timeout_s!r}: expected seconds "
+                "in (0, 3600]"
+            )
+        if not 1 <= self.web_max_connections <= 65536:
+            raise ValueError(
+                f"IMPORTANCE_WEB_MAX_CONNECTIONS={self.web_max_connections!r}: expected 1 to 65536"
+            )
+        if not 1 <= self.web_backlog <= 65535:
+            raise ValueError(f"IMPORTANCE_WEB_BACKLOG={self.web_backlog!r}: expected 1 to 65535")
+        if self.web_advertised_url is not None:
+            from urllib.parse import urlsplit
+
+            url = self.web_advertised_url
+            try:
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError:
+                parts, port = None, None
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or port is None
+                or parts.username is not None
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+            ):
+                # the value is not echoed: it may hold credentials
+                raise ValueError(
+                    "IMPORTANCE_WEB_ADVERTISED_URL: expected http(s)://host:port (no path, "
+                    "query or credentials)"
+                )
+        if self.peer_secret is not None:
+            if len(self.peer_secret) < 16:
+                raise ValueError("IMPORTANCE_PEER_SECRET: expected at least 16 characters")
+            if self.peer_secret == self.api_token:
+                raise ValueError(
+                    "IMPORTANCE_PEER_SECRET must differ from IMPORTANCE_API_TOKEN (clients know "
+                    "the token; only the workers know the peer secret)"
+                )
+
     def __post_init__(self) -> None:
+        self._check_web()
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
             raise ValueError(
                 f"IMPORTANCE_PROCESSING_GUARANTEE={self.processing_guarantee!r}: expected one of "
@@ -228,4 +304,11 @@ class Settings:
                 _env("IMPORTANCE_ROLLING_PUBLISH_S", str(cls.rolling_publish_s))
             ),
             api_token=os.environ.get("IMPORTANCE_API_TOKEN") or None,
+            web_idle_timeout_s=_number("IMPORTANCE_WEB_IDLE_TIMEOUT_S", cls.web_idle_timeout_s),
+            web_max_connections=_number(
+                "IMPORTANCE_WEB_MAX_CONNECTIONS", cls.web_max_connections, int
+            ),
+            web_backlog=_number("IMPORTANCE_WEB_BACKLOG", cls.web_backlog, int),
+            web_advertised_url=os.environ.get("IMPORTANCE_WEB_ADVERTISED_URL") or None,
+            peer_secret=os.environ.get("IMPORTANCE_PEER_SECRET") or None,
         )

@@ -8,16 +8,22 @@ Routes (described in ``stream_app/web/openapi.json``, served at ``/api/openapi.j
   important entities of the rolling window that ends now (event time);
 * ``GET /api/users/{user_id}/top-items?k=20`` — the items whose events for this user
   carried the most importance recently; answered by the worker that owns the user's
-  partition (Faust ``table_route`` forwards the request there);
+  partition (found in the group's assignment, as Faust's ``table_route`` finds it; the
+  request is signed, see :mod:`stream_app.web.peers`, and the answer checked);
 * ``GET /api/stats`` — counters, rates, consumer lag, model updates, progressive AUC and
   log-loss, the importance histogram and (``?history=N``) the last N one-second samples;
 * ``GET /metrics`` — Prometheus text: Faust's sensor plus the service's own counters;
-* ``GET /healthz`` — liveness (never needs the token).
+* ``GET /healthz`` — liveness and broker connectivity (:mod:`agents.health`; never needs
+  the token). Registered here only, whatever the import order.
 
 Bad parameters get a 400 with ``{"error": ..., "detail": ...}``, unknown ids an empty
-result. When ``IMPORTANCE_API_TOKEN`` is set every route but ``/healthz`` and
+result, unknown routes a JSON 404 (Faust's own ``/router`` and ``/table`` routes are not
+served). When ``IMPORTANCE_API_TOKEN`` is set every route but ``/healthz`` and
 ``/static/`` needs ``Authorization: Bearer <token>`` (401 otherwise); the dashboard page
-also takes it as ``?token=`` and sends it as that header from JavaScript.
+also takes it as ``?token=`` and sends it as that header from JavaScript. Other workers
+authenticate with signed requests instead (:mod:`stream_app.web.peers`); the client's
+token is never forwarded. Connection limits and malformed requests:
+:mod:`stream_app.web.server`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 from collections import deque
 from itertools import pairwise
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web as aioweb
@@ -37,12 +44,28 @@ from faust import web
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from yarl import URL
 
+import agents.health as health
 import agents.rolling as rolling
 from models.rolling import RANK_BY, merge_top, top_k, user_top_items
 from stream_app.app import app, settings
 from stream_app.metrics import counters, progressive
-from stream_app.web import OPENAPI_PATH, STATIC_DIR
+from stream_app.web import OPENAPI_PATH, STATIC_DIR, server
+from stream_app.web.peers import (
+    ANSWER_HEADER,
+    MAX_ANSWER_BYTES,
+    PEER_HEADER,
+    InvalidAnswer,
+    PeerAuthError,
+    PeerVerifier,
+    answer_signature_ok,
+    check_top_answer,
+    check_user_answer,
+    origin,
+    sign_answer,
+    sign_request,
+)
 
 __all__ = ["BadRequest", "consumer_lag", "stats_document"]
 
@@ -79,6 +102,14 @@ def _json_response(body: Any, status: int = 200, headers: dict | None = None) ->
     )
 
 
+def _shown(value: str) -> str:
+    """A client's value as an error message quotes it: short, and never a credential."""
+    for secret in (settings.api_token, settings.peer_secret):
+        if secret and secret in value:
+            return "(a value that holds a credential)"
+    return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+
+
 def int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     raw = query.get(name)
     if raw is None:
@@ -86,7 +117,7 @@ def int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+        raise BadRequest(f"{name} must be an integer, got {_shown(raw)}") from None
     if not lo <= value <= hi:
         raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
     return value
@@ -95,7 +126,7 @@ def int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
 def choice_param(query: Any, name: str, default: str, choices: Any) -> str:
     raw = query.get(name, default)
     if raw not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {_shown(raw)}")
     return raw
 
 
@@ -105,32 +136,101 @@ def _bearer(header: str | None) -> str | None:
     return None
 
 
+#: checks the signed requests of other workers (None without IMPORTANCE_PEER_SECRET)
+verifier = (
+    PeerVerifier(settings.peer_secret, settings.advertised_url) if settings.peer_secret else None
+)
+#: the request's nonce when another worker signed it (its answer is signed back)
+PEER_NONCE = "importance.peer_nonce"
+
+
+def _unauthorized(detail: str) -> aioweb.Response:
+    return _json_response(
+        {"error": "unauthorized", "detail": detail},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="importance-stream"'},
+    )
+
+
+def is_peer_request(request: aioweb.Request) -> bool:
+    """Whether another worker of the group signed this request."""
+    return request.get(PEER_NONCE) is not None
+
+
 @aioweb.middleware
 async def guard(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
-    """Bearer-token check (when configured) and JSON errors instead of a 500."""
+    """Authentication (the bearer token, or a peer's signature), JSON errors instead of
+    aiohttp's text ones or a traceback, and signed answers to peers."""
     token = settings.api_token
     path = request.path
-    if token and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
+    peer_header = request.headers.get(PEER_HEADER)
+    if peer_header is not None:
+        if verifier is None:
+            return _unauthorized("this worker takes no peer requests (no IMPORTANCE_PEER_SECRET)")
+        if request.method != "GET" or not path.startswith("/api/"):
+            return _unauthorized("peer requests are for GET /api/ routes only")
+        try:
+            request[PEER_NONCE] = verifier.verify(
+                peer_header, request.method, request.rel_url.raw_path, request.rel_url.query.items()
+            )
+        except PeerAuthError as exc:
+            log.warning("web: peer request from %s rejected: %s", request.remote, exc.reason)
+            return _unauthorized(f"peer signature rejected: {exc.reason}")
+    elif token and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
         given = _bearer(request.headers.get("Authorization"))
         if given is None and path in PAGE_PATHS:
             given = request.query.get("token")
         if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            return _json_response(
-                {"error": "unauthorized", "detail": "missing or wrong bearer token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="importance-stream"'},
-            )
+            return _unauthorized("missing or wrong bearer token")
+    connections = server.guard
+    if connections is not None:
+        connections.enter(request.protocol)
+    try:
+        response = await _handle(request, handler)
+    finally:
+        if connections is not None:
+            connections.leave(request.protocol)
+    nonce = request.get(PEER_NONCE)
+    if nonce is not None and settings.peer_secret and isinstance(response, aioweb.Response):
+        body = response.body if isinstance(response.body, bytes) else b""
+        response.headers[ANSWER_HEADER] = sign_answer(
+            settings.peer_secret, nonce, response.status, body
+        )
+    return response
+
+
+async def _handle(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as exc:
         return _json_response({"error": "bad_request", "detail": exc.detail}, status=400)
+    except Unavailable as exc:
+        return _json_response({"error": exc.error, "detail": exc.detail}, status=exc.status)
+    except aioweb.HTTPNotFound:
+        return _json_response({"error": "not_found", "detail": "no such route"}, status=404)
+    except aioweb.HTTPMethodNotAllowed as exc:
+        return _json_response(
+            {"error": "method_not_allowed", "detail": f"allowed: {', '.join(exc.allowed_methods)}"},
+            status=405,
+            headers={"Allow": ", ".join(exc.allowed_methods)},
+        )
     except (aioweb.HTTPException, asyncio.CancelledError):
         raise
     except Exception as exc:
-        log.exception("web: %s %s failed", request.method, path)
-        return _json_response(
-            {"error": "unavailable", "detail": f"{type(exc).__name__}: {exc}"}, status=503
+        log.error(
+            "web: %s %s failed: %s", request.method, request.path, type(exc).__name__, exc_info=exc
         )
+        return _json_response(
+            {"error": "unavailable", "detail": "internal error (logged by the worker)"}, status=503
+        )
+
+
+class Unavailable(Exception):
+    """The answer depends on another worker that cannot give it (HTTP 502/503)."""
+
+    def __init__(self, detail: str, status: int = 503, error: str = "unavailable") -> None:
+        super().__init__(detail)
+        self.detail, self.status, self.error = detail, status, error
 
 
 # -- dashboard and static files ---------------------------------------------------------
@@ -185,65 +285,142 @@ def top_document(entity: str, window: str, k: int, by: str) -> dict[str, Any]:
 #: how long a worker waits for another worker's share of a top list
 PEER_TIMEOUT_S = 3.0
 SCOPES = ("cluster", "local")
+OWN_URL = origin(settings.advertised_url)
 
 
 def peer_urls(entity: str) -> list[str]:
     """Web URLs of the other workers that hold partitions of ``entity``'s table (from
     the group's assignment, as Faust's ``table_route`` uses it)."""
-    own = str(app.conf.canonical_url).rstrip("/")
     try:
         hosts = app.router.table_metadata(rolling.STATES[entity].table.name)
     except Exception:  # no assignment yet (starting, rebalancing): answer alone
         return []
-    return sorted({str(url).rstrip("/") for url in hosts} - {own})
+    urls = set()
+    for url in hosts:
+        try:
+            urls.add(origin(str(url)))
+        except ValueError:  # what a member advertised is no URL: listed, never asked
+            urls.add(str(url)[:200])
+    return sorted(urls - {OWN_URL})
 
 
-async def fetch_peer(session: Any, url: str, path: str, params: dict[str, str]) -> dict:
-    """Another worker's local answer (``scope=local``), or ``{"error": ...}``."""
-    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+async def _read_bounded(response: Any, limit: int) -> bytes:
+    if response.content_length is not None and response.content_length > limit:
+        raise InvalidAnswer(f"answer over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise InvalidAnswer(f"answer over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def ask_peer(session: Any, url: str, raw_path: str, params: dict[str, str]) -> Any:
+    """Another worker's JSON answer to a GET, as ``(document, None)`` or ``(None, error)``.
+
+    With ``IMPORTANCE_PEER_SECRET`` the request is signed and an answer counts only if
+    it is signed back; without it (and without an API token) nothing secret is sent and
+    the answer is taken unsigned. The client's token is never sent."""
+    import aiohttp
+
+    secret = settings.peer_secret
     try:
-        async with session.get(f"{url}{path}", params=params, headers=headers) as response:
+        usable = url.startswith(("http://", "https://")) and origin(url) == url
+    except ValueError:
+        usable = False
+    if not usable:
+        return None, "not asked: the advertised URL is not http(s)://host:port"
+    if not secret and settings.api_token:
+        return None, "not asked: IMPORTANCE_PEER_SECRET is not set"
+    headers = {"Accept-Encoding": "identity"}  # the signature covers the body as sent
+    nonce = None
+    if secret:
+        headers[PEER_HEADER], nonce = sign_request(secret, "GET", url, raw_path, params)
+    try:
+        target = URL(url + raw_path, encoded=True).with_query(params)
+        async with session.get(target, headers=headers, allow_redirects=False) as response:
+            body = await _read_bounded(response, MAX_ANSWER_BYTES)
             if response.status != 200:
-                return {"error": f"HTTP {response.status}"}
-            return await response.json()
-    except Exception as exc:  # down, rebalancing, slow: the answer says it is partial
-        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                return None, f"HTTP {response.status}"
+            if nonce is not None:
+                signature = response.headers.get(ANSWER_HEADER)
+                if not signature:
+                    return None, "unsigned answer"
+                if not answer_signature_ok(secret, nonce, response.status, body, signature):
+                    return None, "bad answer signature"
+            try:
+                return orjson.loads(body), None
+            except orjson.JSONDecodeError:
+                return None, "invalid answer: not JSON"
+    except InvalidAnswer as exc:
+        return None, f"invalid answer: {exc}"
+    except asyncio.TimeoutError:
+        return None, f"no answer within {PEER_TIMEOUT_S:g} s"
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # down, rebalancing, refused
+        return None, f"connection failed ({type(exc).__name__})"
+
+
+def _peer_session() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S), auto_decompress=False
+    )
 
 
 async def cluster_top_document(entity: str, window: str, k: int, by: str) -> dict[str, Any]:
     """:func:`top_document` over every worker: each worker's top ``k`` of the entities it
     owns, merged (an item or category is summed on exactly one worker, the owner of its
     re-keyed partition, and a user on the owner of the user's partition, so the merge is
-    exact). Workers that do not answer within :data:`PEER_TIMEOUT_S` are listed with
-    their error and the answer is marked ``partial``."""
+    exact). Each peer answer is checked (:func:`check_top_answer`, and its signature when
+    ``IMPORTANCE_PEER_SECRET`` is set) before it is merged; a worker that does not answer
+    within :data:`PEER_TIMEOUT_S`, or whose answer fails a check, is listed with its
+    ``error`` and the answer is marked ``partial``."""
     local = top_document(entity, window, k, by)
-    workers = [
+    workers: list[dict[str, Any]] = [
         {
-            "url": str(app.conf.canonical_url).rstrip("/"),
+            "url": OWN_URL,
             "entities": local["entities"],
             "window_end": local["window_end"],
+            "verified": True,
         }
     ]
     peers = peer_urls(entity)
     if not peers:
         return {**local, "scope": "cluster", "workers": workers, "partial": False}
-    import aiohttp
-
     path = f"/api/top/{next(p for p, e in ENTITY_PATHS.items() if e == entity)}"
     params = {"window": window, "k": str(k), "by": by, "scope": "local"}
-    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        answers = await asyncio.gather(*(fetch_peer(session, u, path, params) for u in peers))
+    async with _peer_session() as session:
+        answers = await asyncio.gather(*(ask_peer(session, u, path, params) for u in peers))
     rows = list(local["top"])
     doc = dict(local)
-    for url, answer in zip(peers, answers, strict=True):
-        if "error" in answer:
-            workers.append({"url": url, "error": answer["error"]})
+    for url, (answer, error) in zip(peers, answers, strict=True):
+        if error is None:
+            try:
+                answer = check_top_answer(
+                    answer,
+                    entity=entity,
+                    window=window,
+                    window_size=rolling.WINDOWS[window],
+                    k=k,
+                    by=by,
+                )
+            except InvalidAnswer as exc:
+                error = f"invalid answer: {exc}"
+        if error is not None:
+            log.warning("web: top list of %s from %s not merged: %s", entity, url, error)
+            workers.append({"url": url, "error": error})
             continue
-        rows.extend(answer.get("top", []))
-        doc["entities"] += answer.get("entities", 0)
+        rows.extend(answer["top"])
+        doc["entities"] += answer["entities"]
         workers.append(
-            {"url": url, "entities": answer.get("entities"), "window_end": answer.get("window_end")}
+            {
+                "url": url,
+                "entities": answer["entities"],
+                "window_end": answer["window_end"],
+                "verified": bool(settings.peer_secret),
+            }
         )
         for field, pick in (("window_start", min), ("window_end", max), ("now", max)):
             values = [v for v in (doc.get(field), answer.get(field)) if v is not None]
@@ -260,7 +437,9 @@ class Top(web.View):
 
     async def get(self, request: web.Request, entity: str) -> web.Response:
         if entity not in ENTITY_PATHS:
-            raise BadRequest(f"entity must be one of {', '.join(ENTITY_PATHS)}, got {entity!r}")
+            raise BadRequest(
+                f"entity must be one of {', '.join(ENTITY_PATHS)}, got {_shown(entity)}"
+            )
         query = request.query
         window = choice_param(query, "window", next(iter(rolling.WINDOWS)), rolling.WINDOWS)
         k = int_param(query, "k", 20, 1, MAX_K)
@@ -272,15 +451,59 @@ class Top(web.View):
         return _json_response(await cluster_top_document(name, window, k, by))
 
 
+def owner_url(user_id: str) -> str | None:
+    """The URL of the worker that owns ``user_id``'s partition, None if it is this one
+    (the assignment lookup of Faust's ``table_route``)."""
+    try:
+        dest = app.router.key_store(rolling.user_top_table.name, user_id)
+    except KeyError:
+        raise Unavailable(
+            "no partition assignment yet (the group is starting or rebalancing)"
+        ) from None
+    try:
+        url = origin(str(dest))
+    except ValueError:
+        raise Unavailable(
+            "the worker that owns this user's partition advertises no usable URL",
+            status=502,
+            error="bad_gateway",
+        ) from None
+    return None if url == OWN_URL else url
+
+
+async def routed_user_document(url: str, user_id: str, k: int) -> dict[str, Any]:
+    """The owner's answer for ``user_id``, signed and checked (502 when it fails)."""
+    raw_path = f"/api/users/{quote(user_id, safe='')}/top-items"
+    async with _peer_session() as session:
+        answer, error = await ask_peer(session, url, raw_path, {"k": str(k)})
+    if error is None:
+        try:
+            return check_user_answer(
+                answer, user_id=user_id, k=k, half_life_s=rolling.USER_HALF_LIFE_S
+            )
+        except InvalidAnswer as exc:
+            error = f"invalid answer: {exc}"
+    log.warning("web: top items of a user from %s not used: %s", url, error)
+    raise Unavailable(
+        f"the worker that owns this user's partition ({url}) did not answer: {error}",
+        status=502,
+        error="bad_gateway",
+    )
+
+
 @app.page("/api/users/{user_id}/top-items")
 class UserTopItems(web.View):
-    """The items whose events for this user carried the most importance recently."""
+    """The items whose events for this user carried the most importance recently,
+    answered by the worker that owns the user's partition."""
 
-    @app.table_route(table=rolling.user_top_table, match_info="user_id")
     async def get(self, request: web.Request, user_id: str) -> web.Response:
         if not user_id or len(user_id) > MAX_ID_LENGTH:
             raise BadRequest(f"user_id must be 1 to {MAX_ID_LENGTH} characters")
         k = int_param(request.query, "k", 20, 1, MAX_K)
+        if not is_peer_request(request):  # a peer's request is answered here, never re-routed
+            url = owner_url(user_id)
+            if url is not None:
+                return _json_response(await routed_user_document(url, user_id, k))
         value = rolling.user_top_table.data.get(user_id.encode())
         return _json_response(
             {
@@ -429,14 +652,14 @@ class Stats(web.View):
 
 
 # -- /healthz -----------------------------------------------------------------------------
-if "/healthz" not in app.web.views:  # agents/health.py serves a richer one when loaded
+@app.page("/healthz")
+class Healthz(web.View):
+    """Liveness and broker connectivity (``agents/health.py`` keeps the state): 200 while
+    the broker answers, 503 otherwise."""
 
-    @app.page("/healthz")
-    class Healthz(web.View):
-        """Liveness: the worker's web server answers."""
-
-        async def get(self, request: web.Request) -> web.Response:
-            return _json_response({"status": "ok", "uptime_s": time.time() - counters.started_at})
+    async def get(self, request: web.Request) -> web.Response:
+        body, status = health.healthz_body()
+        return _json_response({**body, "uptime_s": time.time() - counters.started_at}, status)
 
 
 # -- Prometheus ---------------------------------------------------------------------------
@@ -478,6 +701,33 @@ class ServiceCollector:
         for topic, behind in sorted(consumer_lag()["by_topic"].items()):
             lag.add_metric([topic], behind)
         yield lag
+        web_counts = server.web_counters
+        yield GaugeMetricFamily(
+            "importance_web_connections", "Open HTTP connections", value=web_counts.connections
+        )
+        for name, value, doc in (
+            (
+                "importance_web_connections_timed_out",
+                web_counts.connections_timed_out,
+                "HTTP connections closed after IMPORTANCE_WEB_IDLE_TIMEOUT_S without a request",
+            ),
+            (
+                "importance_web_connections_evicted",
+                web_counts.connections_evicted,
+                "Idle or slow HTTP connections closed to admit a newer one",
+            ),
+            (
+                "importance_web_connections_rejected",
+                web_counts.connections_rejected,
+                "HTTP connections refused with a 503 (every slot busy)",
+            ),
+            (
+                "importance_web_bad_requests",
+                web_counts.bad_requests,
+                "Malformed HTTP requests (answered 400)",
+            ),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
         panes = GaugeMetricFamily("importance_rolling_panes", "Panes held", labels=["entity"])
         for entity, state in rolling.STATES.items():
             panes.add_metric([entity], len(state.table.data))
@@ -487,6 +737,26 @@ class ServiceCollector:
 setup_prometheus_sensors(app, pattern="/metrics", name_prefix="faust")
 REGISTRY.register(ServiceCollector())
 app.web.web_app.middlewares.append(guard)
+
+# one line per kind of bad request or peer failure every 10 s, with the count left out
+_rate_limit = health.RateLimitFilter(window=server.LOG_EVERY_S)
+for _logger in (log, server.log, server.request_log):
+    _logger.addFilter(_rate_limit)
+
+
+@app.task
+async def redact_credentials() -> None:
+    """Keep the API token and the peer secret out of every log line (the worker's log
+    handlers exist once the app runs)."""
+    server.install_redaction([settings.api_token or "", settings.peer_secret or ""])
+
+
+if settings.api_token and not settings.peer_secret:
+    log.warning(
+        "IMPORTANCE_API_TOKEN is set without IMPORTANCE_PEER_SECRET: this worker does not "
+        "ask other workers (scope=cluster top lists are partial, users owned by another "
+        "worker get a 502) and takes no requests from them"
+    )
 
 if settings.web_host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
     log.warning(

@@ -281,6 +281,11 @@ def test_metrics_healthz_and_openapi(fed_worker):
         "/healthz",
         "/dashboard",
     } <= set(spec["paths"])
+    assert not any(p.startswith(("/router", "/table")) for p in spec["paths"])
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "peer"}
+    assert {"502", "503"} <= set(
+        spec["paths"]["/api/users/{user_id}/top-items"]["get"]["responses"]
+    )
     for path in ("/", "/dashboard"):
         status, headers, body = http(port, path)
         assert status == 200 and headers["Content-Type"].startswith("text/html")

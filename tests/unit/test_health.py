@@ -66,3 +66,41 @@ def test_rate_limit_filter_drops_repeats_and_counts_them():
     )
     assert flt.filter(last)
     assert last.getMessage() == "Unable to connect 7 (and 4 similar messages in the last 0 s)"
+
+
+@pytest.mark.parametrize(
+    "order", [("agents.health", "stream_app.web.api"), ("stream_app.web.api", "agents.health")]
+)
+def test_healthz_is_registered_once_whatever_the_import_order(order):
+    """Both modules used to register /healthz if the other had not: the first imported
+    won, and with the API first the answer said nothing about the broker. Now only the
+    API registers it, with the broker-aware body, in either order (fresh interpreters)."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio, importlib, json
+for name in {list(order)!r}:
+    importlib.import_module(name)
+from aiohttp.test_utils import TestClient, TestServer
+from stream_app.app import app
+routes = [r.method for r in app.web.web_app.router.routes()
+          if r.resource is not None and r.resource.canonical == "/healthz"]
+async def main():
+    async with TestClient(TestServer(app.web.web_app)) as client:
+        response = await client.get("/healthz")
+        return response.status, await response.json()
+status, body = asyncio.run(main())
+print(json.dumps({{"routes": routes, "status": status, "body": body}}))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "IMPORTANCE_API_TOKEN"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(result["routes"]) == ["GET", "HEAD"]
+    # no broker check has run in this process: the broker-aware body says "starting"
+    assert result["status"] == 503 and result["body"]["status"] == "starting", result
+    assert {"broker_connected", "broker_outages", "checks", "uptime_s"} <= set(result["body"])
