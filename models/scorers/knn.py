@@ -462,7 +462,7 @@ class FastKNNClassifier(base.Classifier):
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported FastKNNClassifier state version {state.get('version')}")
         model = cls(**state["params"])
-        names = state.get("feature_names")
+        names = _check_json_feature_names(state.get("feature_names"))
         if names is not None and model._feats is None:
             model._set_features(tuple(names))
         d = state.get("dim")

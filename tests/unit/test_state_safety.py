@@ -192,3 +192,12 @@ def test_load_path_imports_no_deserialiser_and_evaluates_nothing(path):
                     assert getattr(func.value, "id", None) in {"orjson", "json"}, call
             for kw in node.keywords:
                 assert kw.arg != "allow_pickle", f"{path}:{node.lineno} passes allow_pickle"
+
+
+def test_a_feature_name_that_cannot_be_saved_again_is_refused_at_load():
+    """Found by the property test above: ``feature_names: [null]`` loaded, then the next
+    snapshot raised TypeError."""
+    state = orjson.loads(orjson.dumps(GOOD))
+    state["knn"]["classifier"]["feature_names"] = [None]
+    with pytest.raises(StateError):
+        engine().load_state(state)
