@@ -141,6 +141,17 @@ user_top_table = app.Table(
     help="per user: items with the most (decayed) importance",
 )
 
+#: ``"<entity>:<partition>"`` → the event-time clock that entity's table stood at in that
+#: partition, so that a restarted worker's tables stand exactly where they stood (one
+#: write per partition and batch)
+clock_table = app.Table(
+    "rolling-clock",
+    default=None,
+    partitions=settings.partitions,
+    schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    help="per entity and partition: the event-time clock of the rolling tables",
+)
+
 #: importances of the most recent scored events, for the dashboard's histogram
 recent_importance: deque[float] = deque(maxlen=10_000)
 
@@ -170,6 +181,10 @@ class EntityState:
         self.wrapper = wrapper
         self.table = wrapper.table
         self.now = 0.0
+        #: partition → the latest clock that came with its records, and what of it was
+        #: saved in ``rolling-clock``
+        self.clocks: dict[int, float] = {}
+        self._saved: dict[int, float] = {}
         self.writes = 0
         self.dirty: dict[str, float] = {}
         self._cache: dict[str, tuple[tuple[int, float], float, float, float, dict]] = {}
@@ -213,8 +228,17 @@ class EntityState:
         now = ts if clock is None else clock
         if now > self.now:
             self.now = now
+        if now > self.clocks.get(partition, 0.0):
+            self.clocks[partition] = now
         if ts > self.dirty.get(key, 0.0):
             self.dirty[key] = ts
+
+    def save_clocks(self) -> None:
+        """Write the partitions' clocks that moved to ``rolling-clock`` (after a batch)."""
+        for partition, clock in self.clocks.items():
+            if clock != self._saved.get(partition):
+                table_put(clock_table, partition, f"{self.entity}:{partition}", clock)
+                self._saved[partition] = clock
 
     def panes(self) -> Iterator[tuple[str, float, list[float]]]:
         for (key, (start, _end)), agg in list(self.table.data.items()):
@@ -224,13 +248,21 @@ class EntityState:
     def current_time(self) -> float:
         """The table's event-time clock: the latest clock that came with a record.
 
-        After a restart, before any record came, an estimate as robust as the clock
-        itself: per partition, the ``IMPORTANCE_CLOCK_USERS``-th latest pane among the
-        keys' latest panes (the earliest with fewer keys), capped at the wall clock plus
-        the allowed skew; the largest over partitions. An underestimate is harmless (the
-        next record moves it on), an overestimate would stick."""
+        After a restart, before any record came: the largest clock saved in
+        ``rolling-clock`` for this entity's partitions. Without one (tables written by an
+        earlier version), an estimate as robust as the clock itself: per partition, the
+        ``IMPORTANCE_CLOCK_USERS``-th latest pane among the keys' latest panes (the
+        earliest with fewer keys), capped at the wall clock plus the allowed skew; the
+        largest over partitions. An underestimate is harmless (the next record moves it
+        on), an overestimate would stick."""
         if not self.now:
-            self.now = recovered_time(self.table.data)
+            prefix = f"{self.entity}:"
+            saved = [
+                float(v)
+                for k, v in list(clock_table.data.items())
+                if isinstance(k, str) and k.startswith(prefix) and isinstance(v, (int, float))
+            ]
+            self.now = max(saved) if saved else recovered_time(self.table.data)
         return self.now
 
     def window(self, name: str) -> tuple[float, float]:
@@ -395,6 +427,7 @@ def roll_batch(batch: list[tuple[int, dict[str, Any], float | None]]) -> None:
     state = STATES["user"]
     for (partition, user, start), entry in users.items():
         state.put(partition, user, start, entry[:4], entry[4], entry[5])
+    state.save_clocks()
     for (partition, user), contributions in tops.items():
         key = user.encode()
         value = fold_user_top(
@@ -459,6 +492,7 @@ async def roll_through(stream, entity: str) -> None:
                     # in between would hold half of this batch's changes without its offsets)
                     await asyncio.sleep(0)
                 state.put(partition, key, start, delta, ts, clock)
+            state.save_clocks()
         finally:
             for event in events:
                 await stream.ack(event)

@@ -33,6 +33,8 @@ def sent(monkeypatch):
         table.data.clear()
     for state in rolling.STATES.values():
         monkeypatch.setattr(state, "now", 0.0)
+        monkeypatch.setattr(state, "clocks", {})
+        monkeypatch.setattr(state, "_saved", {})
         monkeypatch.setattr(state, "dirty", {})
         monkeypatch.setattr(state, "_cache", {})
         monkeypatch.setattr(state, "_indexed", -1)
@@ -42,7 +44,10 @@ def sent(monkeypatch):
 
 
 def _tables():
-    return [state.table for state in rolling.STATES.values()] + [rolling.user_top_table]
+    return [state.table for state in rolling.STATES.values()] + [
+        rolling.user_top_table,
+        rolling.clock_table,
+    ]
 
 
 def test_panes_windows_and_expiry(sent):
@@ -199,6 +204,12 @@ def test_a_far_future_event_does_not_move_the_window(sent, monkeypatch):
     assert sorted(items.totals("1h", max_age_s=0)[2]) == ["i0", "i1", "i2", "i3", "i4"]
     # the attacker's item is in its own future window only
     assert items.key_total("attacker-item", *rolling.window_bounds(future, 3600, 60))
+    # the user table saved its partitions' clocks: after a restart it stands there again
+    assert {k: v for k, v in rolling.clock_table.data.items() if k.startswith("user:")} == {
+        f"user:{p}": clock for p in range(4)
+    }
+    state.now = 0.0
+    assert state.current_time() == clock
 
 
 def test_recovered_tables_stand_at_a_robust_time(sent):
