@@ -32,12 +32,19 @@ Faust's own table writes do, through the worker's librdkafka producer
 
 Changed entities are published every ``IMPORTANCE_ROLLING_PUBLISH_S`` seconds to
 ``importance-rolling`` (one record per entity and window size, keyed by the entity id).
+
+Each table's "now" (the window the API answers for, the panes it keeps, the users it
+forgets) is the event-time clock of the partitions that fed it (:mod:`models.clock`:
+robust to a few clients' timestamps), carried with every score record and re-keyed
+contribution, never the latest timestamp: a far-future event adds to its own future pane
+but does not move the window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,6 +53,7 @@ from typing import Any
 import faust
 import orjson
 
+from models.clock import kth_latest
 from models.rolling import (
     add,
     aggregate,
@@ -76,12 +84,12 @@ log = logging.getLogger(__name__)
 STEP = settings.rolling_step_s
 #: window name → size in seconds, e.g. {"5m": 300.0, "1h": 3600.0}
 WINDOWS = parse_windows(settings.rolling_windows, STEP)
-#: panes older than this behind the latest event time are dropped
+#: panes older than this behind the tables' event-time clock are dropped
 RETAIN_S = max(WINDOWS.values()) + STEP
 #: half-life (event time) of a user's per-item importance in ``/api/users/{id}/top-items``
 USER_HALF_LIFE_S = 1800.0
-#: a user whose latest event is this far behind the latest user event is forgotten
-#: (its items weigh less than 1/256 of a fresh event by then)
+#: a user whose latest event is this far behind the user table's event-time clock is
+#: forgotten (its items weigh less than 1/256 of a fresh event by then)
 USER_RETAIN_S = 8 * USER_HALF_LIFE_S
 #: re-keying messages taken per batch by the item and category agents (waiting at most
 #: WITHIN_S)
@@ -133,6 +141,17 @@ user_top_table = app.Table(
     help="per user: items with the most (decayed) importance",
 )
 
+#: ``"<entity>:<partition>"`` → the event-time clock that entity's table stood at in that
+#: partition, so that a restarted worker's tables stand exactly where they stood (one
+#: write per partition and batch)
+clock_table = app.Table(
+    "rolling-clock",
+    default=None,
+    partitions=settings.partitions,
+    schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    help="per entity and partition: the event-time clock of the rolling tables",
+)
+
 #: importances of the most recent scored events, for the dashboard's histogram
 recent_importance: deque[float] = deque(maxlen=10_000)
 
@@ -162,6 +181,10 @@ class EntityState:
         self.wrapper = wrapper
         self.table = wrapper.table
         self.now = 0.0
+        #: partition → the latest clock that came with its records, and what of it was
+        #: saved in ``rolling-clock``
+        self.clocks: dict[int, float] = {}
+        self._saved: dict[int, float] = {}
         self.writes = 0
         self.dirty: dict[str, float] = {}
         self._cache: dict[str, tuple[tuple[int, float], float, float, float, dict]] = {}
@@ -179,8 +202,18 @@ class EntityState:
             self._ranges[start] = window_range
         return key, window_range
 
-    def put(self, partition: int, key: str, start: float, delta: list[float], ts: float) -> None:
-        """Add ``delta`` to ``key``'s pane starting at ``start``."""
+    def put(
+        self,
+        partition: int,
+        key: str,
+        start: float,
+        delta: list[float],
+        ts: float,
+        clock: float | None = None,
+    ) -> None:
+        """Add ``delta`` (latest event ``ts``) to ``key``'s pane starting at ``start``;
+        ``clock`` is the event-time clock of the partition it came from (None: ``ts``,
+        for contributions written by earlier versions)."""
         pane = self.pane_key(key, start)
         data = self.table.data
         old = data.get(pane)
@@ -192,10 +225,20 @@ class EntityState:
             else:
                 self._indexed = -1  # the table changed behind the index: rebuild on use
         self.writes += 1
-        if ts > self.now:
-            self.now = ts
+        now = ts if clock is None else clock
+        if now > self.now:
+            self.now = now
+        if now > self.clocks.get(partition, 0.0):
+            self.clocks[partition] = now
         if ts > self.dirty.get(key, 0.0):
             self.dirty[key] = ts
+
+    def save_clocks(self) -> None:
+        """Write the partitions' clocks that moved to ``rolling-clock`` (after a batch)."""
+        for partition, clock in self.clocks.items():
+            if clock != self._saved.get(partition):
+                table_put(clock_table, partition, f"{self.entity}:{partition}", clock)
+                self._saved[partition] = clock
 
     def panes(self) -> Iterator[tuple[str, float, list[float]]]:
         for (key, (start, _end)), agg in list(self.table.data.items()):
@@ -203,15 +246,29 @@ class EntityState:
                 yield key, start, agg
 
     def current_time(self) -> float:
-        """The latest event time seen (after a restart: the latest pane recovered)."""
+        """The table's event-time clock: the latest clock that came with a record.
+
+        After a restart, before any record came: the largest clock saved in
+        ``rolling-clock`` for this entity's partitions. Without one (tables written by an
+        earlier version), an estimate as robust as the clock itself: per partition, the
+        ``IMPORTANCE_CLOCK_USERS``-th latest pane among the keys' latest panes (the
+        earliest with fewer keys), capped at the wall clock plus the allowed skew; the
+        largest over partitions. An underestimate is harmless (the next record moves it
+        on), an overestimate would stick."""
         if not self.now:
-            self.now = max((start for _, start, _ in self.panes()), default=0.0)
+            prefix = f"{self.entity}:"
+            saved = [
+                float(v)
+                for k, v in list(clock_table.data.items())
+                if isinstance(k, str) and k.startswith(prefix) and isinstance(v, (int, float))
+            ]
+            self.now = max(saved) if saved else recovered_time(self.table.data)
         return self.now
 
     def window(self, name: str) -> tuple[float, float]:
-        """Window ``name`` as of this entity's latest event time (each table has its own
-        clock: the item and category tables trail the user table by a re-keying hop, and
-        a window read at another table's clock would look emptier than it is)."""
+        """Window ``name`` as of this table's event-time clock (each table has its own:
+        the item and category tables trail the user table by a re-keying hop, and a
+        window read at another table's clock would look emptier than it is)."""
         return window_bounds(self.current_time(), WINDOWS[name], STEP)
 
     def totals(self, name: str, max_age_s: float = 1.0) -> tuple[float, float, dict]:
@@ -273,23 +330,41 @@ class EntityState:
         return len(old)
 
 
+def recovered_time(data: Any) -> float:
+    """The event time a recovered pane table stands at (see
+    :meth:`EntityState.current_time`)."""
+    key_partition = getattr(data, "_key_partition", {})
+    latest: dict[int, dict[str, float]] = {}
+    cap = time.time() + settings.clock_max_skew_s
+    for pane, agg in list(data.items()):
+        key, (start, _end) = pane
+        if not agg or start > cap:
+            continue
+        keys = latest.setdefault(key_partition.get(pane, -1), {})
+        if start > keys.get(key, -math.inf):
+            keys[key] = start
+    times = (kth_latest(keys.values(), settings.clock_users) for keys in latest.values())
+    return max((t for t in times if t is not None), default=0.0)
+
+
 STATES: dict[str, EntityState] = {
     entity: EntityState(entity, _pane_table(entity)) for entity in ENTITIES
 }
 
 
-#: score records (with their partition) not yet folded into the tables
-_buffer: list[tuple[int, dict[str, Any]]] = []
+#: score records (with their partition and its event-time clock) not yet folded in
+_buffer: list[tuple[int, dict[str, Any], float | None]] = []
 
 
-def observe(partition: int, record: dict[str, Any]) -> None:
-    """Take one published score record of ``partition`` (called by the score agent).
+def observe(partition: int, record: dict[str, Any], clock: float | None = None) -> None:
+    """Take one published score record of ``partition`` (called by the score agent) and
+    the partition's event-time clock after it (None: the record's ``ts``).
 
     Records are folded in per batch: when :data:`FOLD_BATCH` have gathered, and at every
     offset commit (the worker's commit barrier calls :func:`flush`), so everything an
     acknowledged event contributed is written before its offset is committed.
     """
-    _buffer.append((partition, record))
+    _buffer.append((partition, record, clock))
     if len(_buffer) >= FOLD_BATCH:
         flush()
 
@@ -309,16 +384,20 @@ def flush() -> None:
     roll_batch(batch)
 
 
-def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
-    """Fold score records into the user tables; forward item and category contributions
-    to their re-keying topics, one message per destination partition."""
+def roll_batch(batch: list[tuple[int, dict[str, Any], float | None]]) -> None:
+    """Fold score records ``(partition, record, clock)`` (``clock`` may be missing: the
+    record's ``ts``) into the user tables; forward item and category contributions to
+    their re-keying topics, one message per destination partition."""
+    # entries: [events, importance, kept, p, latest ts, latest clock]
     users: dict[tuple[int, str, float], list] = {}
     tops: dict[tuple[int, str], list[tuple[str, float, float]]] = {}
     through: dict[tuple[str, str, float], list] = {}
-    for partition, record in batch:
+    for partition, record, *rest in batch:
+        clock = rest[0] if rest else None
         try:
             user, item = str(record["user_id"]), str(record["item_id"])
             ts = float(record["ts"])
+            clock = ts if clock is None else float(clock)
             importance, p = float(record["importance"]), float(record["p"])
             kept = 1 if record.get("keep") else 0
             category = record.get("category_id")
@@ -331,10 +410,10 @@ def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
         if category is not None:
             keys.append((through, ("category", str(category), start)))
         for bucket, key in keys:
-            # [events, importance, kept, p, latest ts], summed in place
+            # [events, importance, kept, p, latest ts, latest clock], summed in place
             entry = bucket.get(key)
             if entry is None:
-                bucket[key] = [1, importance, kept, p, ts]
+                bucket[key] = [1, importance, kept, p, ts, clock]
             else:
                 entry[0] += 1
                 entry[1] += importance
@@ -342,10 +421,13 @@ def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
                 entry[3] += p
                 if ts > entry[4]:
                     entry[4] = ts
+                if clock > entry[5]:
+                    entry[5] = clock
         tops.setdefault((partition, user), []).append((item, ts, importance))
     state = STATES["user"]
     for (partition, user, start), entry in users.items():
-        state.put(partition, user, start, entry[:4], entry[4])
+        state.put(partition, user, start, entry[:4], entry[4], entry[5])
+    state.save_clocks()
     for (partition, user), contributions in tops.items():
         key = user.encode()
         value = fold_user_top(
@@ -356,28 +438,32 @@ def roll_batch(batch: list[tuple[int, dict[str, Any]]]) -> None:
 
 
 def send_through(through: dict[tuple[str, str, float], list]) -> None:
-    """Send summed contributions ``{(entity, id, pane): [*delta, latest ts]}`` to the partitions
-    that own the ids (the by-user topic's partitioner, murmur2 of the id), packed:
-    one message per destination partition and up to :data:`PACK` contributions."""
+    """Send summed contributions ``{(entity, id, pane): [*delta, latest ts, latest clock]}``
+    to the partitions that own the ids (the by-user topic's partitioner, murmur2 of the
+    id), packed: one message per destination partition and up to :data:`PACK`
+    contributions, each a row ``[id, pane, ts, *delta, clock]``."""
     packs: dict[tuple[str, int], list[list]] = {}
     for (entity, key, start), entry in through.items():
         destination = partition_for(key.encode(), settings.partitions)
-        packs.setdefault((entity, destination), []).append([key, start, entry[4], *entry[:4]])
+        row = [key, start, entry[4], *entry[:4], entry[5]]
+        packs.setdefault((entity, destination), []).append(row)
     for (entity, destination), rows in packs.items():
         topic = (items_topic if entity == "item" else categories_topic).get_topic_name()
         for i in range(0, len(rows), PACK):
             output.send(topic, orjson.dumps({"rows": rows[i : i + PACK]}), None, destination)
 
 
-def unpack(value: bytes) -> Iterator[tuple[str, float, float, list[float]]]:
-    """``(id, pane, ts, delta)`` rows of a re-keying message (packed, or one contribution
-    as written by earlier versions)."""
+def unpack(value: bytes) -> Iterator[tuple[str, float, float, list[float], float | None]]:
+    """``(id, pane, ts, delta, clock)`` rows of a re-keying message (packed, or one
+    contribution as written by earlier versions; their clock is None)."""
     msg = orjson.loads(value)
     if "rows" in msg:
         for row in msg["rows"]:
-            yield str(row[0]), float(row[1]), float(row[2]), [float(x) for x in row[3:7]]
+            clock = float(row[7]) if len(row) > 7 else None
+            yield str(row[0]), float(row[1]), float(row[2]), [float(x) for x in row[3:7]], clock
     else:
-        yield str(msg["id"]), float(msg["pane"]), float(msg["ts"]), [float(x) for x in msg["d"]]
+        delta = [float(x) for x in msg["d"]]
+        yield str(msg["id"]), float(msg["pane"]), float(msg["ts"]), delta, None
 
 
 async def roll_through(stream, entity: str) -> None:
@@ -391,19 +477,22 @@ async def roll_through(stream, entity: str) -> None:
                 except Exception:
                     log.warning("rolling: skipping unreadable message at %s", event.message.tp)
                     continue
-                for key, pane, ts, delta in rows:
+                for key, pane, ts, delta, clock in rows:
+                    clock = ts if clock is None else clock
                     entry = merged.get((event.message.partition, key, pane))
                     if entry is None:
-                        merged[(event.message.partition, key, pane)] = [delta, ts]
+                        merged[(event.message.partition, key, pane)] = [delta, ts, clock]
                     else:
                         entry[0] = add(entry[0], delta)
                         entry[1] = max(entry[1], ts)
-            for i, ((partition, key, start), (delta, ts)) in enumerate(merged.items()):
+                        entry[2] = max(entry[2], clock)
+            for i, ((partition, key, start), (delta, ts, clock)) in enumerate(merged.items()):
                 if i and not i % PUBLISH_CHUNK and not settings.exactly_once:
                     # let the agents score between chunks (not with exactly_once: a commit
                     # in between would hold half of this batch's changes without its offsets)
                     await asyncio.sleep(0)
-                state.put(partition, key, start, delta, ts)
+                state.put(partition, key, start, delta, ts, clock)
+            state.save_clocks()
         finally:
             for event in events:
                 await stream.ack(event)
@@ -452,7 +541,8 @@ async def publish_rolling() -> None:
 
 
 def sweep_users(now: float) -> int:
-    """Forget users idle for ``USER_RETAIN_S`` of event time before ``now``: dropped
+    """Forget users idle for ``USER_RETAIN_S`` of event time before ``now`` (the user
+    table's event-time clock): dropped
     locally and deleted from the changelog (a tombstone), so the table stays bounded."""
     data = user_top_table.data
     key_partition = getattr(data, "_key_partition", {})

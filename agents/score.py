@@ -14,9 +14,9 @@ import orjson
 from faust.types import TP
 
 from agents import rolling
-from models.engine import ImportanceEngine, ScoredEvent
-from models.events import CONVERSION_TYPES, EXPOSURE_TYPES, Event, validate_event
-from models.labels import LabelAttribution, Resolved
+from models.engine import ImportanceEngine
+from models.events import Event, validate_event
+from models.pipeline import PartitionPipeline, PipelineConfig
 from models.state import StateError
 from stream_app.app import (
     app,
@@ -41,39 +41,41 @@ TRAINING = settings.topic_training
 #: IMPORTANCE_ROLLING=false: no rolling importance (about a fifth of the worker's CPU)
 ROLLING = settings.rolling_enabled
 
+#: the per-event path's settings (checked here, before the worker joins the group)
+CONFIG = PipelineConfig.from_settings(settings)
+#: the wall clock: the event-time clocks' cap and the records' ``scored_at``
+WALL = time.time
+#: at most one warning per this many seconds about events ahead of the wall clock
+CAPPED_WARN_EVERY_S = 60.0
+
 #: pending exposures, one table entry each; an entry records its partition ("p"), which
 #: is the changelog partition it is written to
-labels = LabelAttribution(
-    ChangelogStore(pending_table, output, lambda _user, entry: entry["p"]),
-    window_s=settings.attribution_window_s,
-    max_per_user=settings.max_pending_per_user,
-    max_pending=settings.max_pending_per_partition,
-)
+labels = CONFIG.new_labels(ChangelogStore(pending_table, output, lambda _user, entry: entry["p"]))
 
 
 class PartitionModel:
-    """The engine of one partition of the by-user topic, with its snapshot cadence."""
+    """The per-event pipeline of one partition of the by-user topic, and its snapshots."""
 
     def __init__(self, partition: int, engine: ImportanceEngine) -> None:
         self.partition = partition
+        self.pipeline = PartitionPipeline(
+            partition, CONFIG, labels=labels, engine=engine, wall=WALL
+        )
         self.engine = engine
-        self.since_snapshot = 0
-        self.last_snapshot = time.monotonic()
+
+    @property
+    def since_snapshot(self) -> int:
+        return self.pipeline.since_snapshot
 
     def due(self) -> bool:
-        return self.since_snapshot >= settings.snapshot_every or (
-            self.since_snapshot > 0
-            and time.monotonic() - self.last_snapshot >= settings.snapshot_interval_s
-        )
+        return self.pipeline.due()
 
     def snapshot(self) -> None:
         """Write the model's state to its partition of the model-state topic (delivered
         before the next offset commit, or in its transaction)."""
         topic = model_topic.get_topic_name()
-        for key, value in encode_parts(self.partition, self.engine.to_state()):
+        for key, value in encode_parts(self.partition, self.pipeline.snapshot_state()):
             output.send(topic, value, key, self.partition)
-        self.since_snapshot = 0
-        self.last_snapshot = time.monotonic()
         counters.snapshots += 1
 
 
@@ -81,7 +83,7 @@ models: dict[int, PartitionModel] = {}
 
 
 def new_engine() -> ImportanceEngine:
-    return ImportanceEngine(target_rate=settings.target_keep_rate)
+    return CONFIG.new_engine(WALL)
 
 
 async def model_for(partition: int) -> PartitionModel:
@@ -147,58 +149,53 @@ async def read_snapshot_retrying(partition: int) -> dict[str, dict[str, Any]] | 
             delay = min(delay * 2, SNAPSHOT_RETRY_MAX_S)
 
 
-def training_record(scored: dict[str, Any], label: int | None, source: str) -> bytes:
-    return orjson.dumps({**scored, "label": label, "label_source": source})
+_last_capped_warning = -math.inf
 
 
-def learn_resolved(model: PartitionModel, resolved: list[Resolved]) -> None:
-    """Learn from exposures whose label is now known; publish the kept ones for training."""
-    for item in resolved:
-        progressive.update(item.info.get("p", -1.0), item.label)  # p from before learning
-        model.engine.learn(item.event, item.label)
-        counters.labels_resolved += 1
-        if item.reason == "evicted":
-            counters.labels_evicted += 1
-        if item.info.get("keep"):
-            output.send(
-                TRAINING,
-                training_record(item.info, item.label, item.reason),
-                item.event.user_id.encode(),
-            )
-            counters.training_samples += 1
+def warn_capped(partition: int, ev: Event) -> None:
+    """Count an event whose time the partition's clock capped; warn at most once a minute."""
+    global _last_capped_warning
+    counters.clock_capped += 1
+    now = time.monotonic()
+    if now - _last_capped_warning >= CAPPED_WARN_EVERY_S:
+        _last_capped_warning = now
+        log.warning(
+            "partition %d: event %r has ts %.0f, %.0f s ahead of this worker's clock "
+            "(allowed: %g s); scored with its ts, counted as now + %g s by the event-time "
+            "clock (%d such events so far; a wrong producer clock, or this worker's)",
+            partition,
+            ev.event_id[:64],
+            ev.ts,
+            ev.ts - WALL(),
+            CONFIG.clock_max_skew_s,
+            CONFIG.clock_max_skew_s,
+            counters.clock_capped,
+        )
 
 
 async def process(partition: int, ev: Event) -> dict[str, Any]:
-    """The whole per-event path after decoding; returns the published score record."""
+    """The whole per-event path after decoding (:class:`models.pipeline.PartitionPipeline`)
+    plus publishing; returns the published score record."""
     model = await model_for(partition)
-    engine = model.engine
-    resolved = labels.expire(partition, max(engine.watermark, ev.ts))
-    if ev.type in CONVERSION_TYPES:
-        resolved.extend(labels.convert(partition, ev))
-    scored: ScoredEvent = engine.score(ev)
-    record = scored.record(updates=engine.updates, version=engine.version)
-    record["partition"] = partition
-    key = ev.user_id.encode()
-    output.send(SCORES, orjson.dumps(record), key)
+    out = model.pipeline.process(ev)
+    record = out.record
+    output.send(SCORES, orjson.dumps(record), ev.user_id.encode())
     if ROLLING:
-        rolling.observe(partition, record)
+        rolling.observe(partition, record, out.clock)
     counters.scored += 1
-    if scored.keep:
+    if out.kept:
         counters.kept += 1
-    if ev.label is not None:
-        progressive.update(scored.p, ev.label)  # scored before score() learned the label
-        if scored.keep:
-            output.send(TRAINING, training_record(record, ev.label, "explicit"), key)
-            counters.training_samples += 1
-    elif ev.type in EXPOSURE_TYPES:
-        # what resolving it needs: the whole record only when it becomes a training sample
-        info = record if scored.keep else {"p": record["p"], "keep": False}
-        resolved.extend(labels.track(partition, ev, info))
-    elif scored.keep:
-        output.send(TRAINING, training_record(record, None, "none"), key)
-        counters.training_samples += 1
-    learn_resolved(model, resolved)
-    model.since_snapshot += 1
+    if out.capped:
+        warn_capped(partition, ev)
+    for user, sample in out.training:
+        output.send(TRAINING, orjson.dumps(sample), user.encode())
+    counters.training_samples += len(out.training)
+    for p, label in out.labelled:
+        progressive.update(p, label)
+    for item in out.resolved:
+        counters.labels_resolved += 1
+        if item.reason == "evicted":
+            counters.labels_evicted += 1
     if model.due():
         model.snapshot()
     return record

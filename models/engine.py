@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.clock import EventClock
 from models.events import Event
 from models.features import EMBEDDING_DIM, embed, hashed_features
 from models.importance import DEFAULT_WEIGHTS, RollingRank, blend
@@ -83,6 +84,7 @@ class ImportanceEngine:
         knn_neighbors: int = 10,
         rank_window: int = 2048,
         weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+        clock: EventClock | None = None,
     ) -> None:
         self.hash_bits = hash_bits
         self.weights = dict(weights)
@@ -91,9 +93,15 @@ class ImportanceEngine:
         self.knn = KNNImportance(n_neighbors=knn_neighbors, window_size=knn_window)
         self.rank = RollingRank(rank_window)
         self.sampler = ImportanceSampler(target_rate=target_rate)
-        self.watermark = 0.0
+        #: the partition's event-time clock (see :mod:`models.clock`), saved with the model
+        self.clock = clock if clock is not None else EventClock()
         self.seen = 0
         self.version = 0
+
+    @property
+    def watermark(self) -> float:
+        """The partition's event time: its robust clock (not the latest timestamp)."""
+        return self.clock.time
 
     @property
     def updates(self) -> int:
@@ -109,14 +117,14 @@ class ImportanceEngine:
         )
 
     def score(self, event: Event) -> ScoredEvent:
-        """Score an event, decide whether to keep it, and count it in the priors.
+        """Score an event, decide whether to keep it, and count it in the priors and in
+        the partition's clock (its lateness is measured against the clock with it).
 
         An event that carries an explicit ``label`` is scored with the realised gradient
         and learned from at once.
         """
         self.seen += 1
-        if event.ts > self.watermark:
-            self.watermark = event.ts
+        self.clock.observe(event.user_id, event.ts)
         feats = self.features(event)
         p = self.logistic.proba(feats)
         scores = {
@@ -156,10 +164,11 @@ class ImportanceEngine:
                 "schema": STATE_SCHEMA,
                 "version": self.version,
                 "seen": self.seen,
-                "watermark": self.watermark,
+                "watermark": self.watermark,  # read by earlier versions
                 "hash_bits": self.hash_bits,
                 "rank": self.rank.to_state(),
                 "sampler": self.sampler.to_state(),
+                "clock": self.clock.to_state(),
             },
             "logistic": self.logistic.to_state(),
             "knn": self.knn.to_state(),
@@ -186,9 +195,14 @@ class ImportanceEngine:
             self.behavior.load_state(parts["behavior"])
             self.rank.load_state(meta["rank"])
             self.sampler.load_state(meta["sampler"])
+            if "clock" in meta:
+                self.clock.load_state(meta["clock"])
+            else:
+                # saved by an earlier version, whose watermark was the latest timestamp
+                # seen (possibly one far in the future): start the clock afresh
+                self.clock.load_state({"time": 0.0, "capped": 0, "users": []})
             self.version = int(meta["version"])
             self.seen = int(meta["seen"])
-            self.watermark = float(meta["watermark"])
         except StateError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError, MemoryError) as exc:

@@ -2,6 +2,12 @@
 positive when the same user carts, favs or purchases that item within the attribution
 window (event time), and negative when the window closes without one.
 
+A window closes in two ways (see :mod:`models.clock` for why neither is the latest
+timestamp of the partition): when the *partition's* robust event-time clock passes the
+exposure's deadline (:meth:`LabelAttribution.expire`), and when the *same user's* own later
+event does (:meth:`LabelAttribution.expire_user`). A client with a skewed clock can thus
+close its own windows early, never another user's.
+
 Pending exposures live in a ``MutableMapping`` with one entry per exposure (key: user id
 and event id) — a plain ``dict`` in tests and offline scoring, a changelog-backed Faust
 table in the worker — so they survive a restart, and each exposure is written once when
@@ -25,10 +31,17 @@ negatives (counted in ``evicted``), never silently dropped.
 []
 >>> [r.label for r in labels.expire(0, watermark=1511658000 + 1801)]
 [0]
+>>> labels.track(0, view, {})
+[]
+>>> labels.expire_user(0, "2", 1511658000 + 9999)   # another user's time closes nothing
+[]
+>>> [r.reason for r in labels.expire_user(0, "1", 1511658000 + 1801)]
+['window_closed']
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -68,10 +81,11 @@ class LabelAttribution:
         self.window_s = window_s
         self.max_per_user = max_per_user
         self.max_pending = max_pending
-        # Per partition: a heap of (deadline, store key) and, per user, the store keys of
-        # the user's pending exposures in arrival order.
+        # Per partition: a heap of (deadline, store key) and, per user, the user's pending
+        # exposures as (ts, store key), sorted (the same order after a rebuild from the
+        # store as before it).
         self._heaps: dict[int, list[tuple[float, str]]] = {}
-        self._users: dict[int, dict[str, list[str]]] = {}
+        self._users: dict[int, dict[str, list[tuple[float, str]]]] = {}
         self._size: dict[int, int] = {}
         self.evicted = 0
         self.resolved = 0
@@ -81,7 +95,7 @@ class LabelAttribution:
         if partition in self._heaps:
             return
         heap: list[tuple[float, str]] = []
-        users: dict[str, list[str]] = {}
+        users: dict[str, list[tuple[float, str]]] = {}
         legacy = []
         for key, entry in list(self.store.items()):
             if not entry or entry.get("p") != partition:
@@ -90,16 +104,16 @@ class LabelAttribution:
                 legacy.append((key, entry))
                 continue
             heap.append((entry["ts"] + self.window_s, key))
-            users.setdefault(entry["u"], []).append(key)
+            users.setdefault(entry["u"], []).append((entry["ts"], key))
         for user_id, entry in legacy:
             del self.store[user_id]
             for pending in entry["pend"]:
                 key = pending_key(user_id, pending["event"]["event_id"])
                 self.store[key] = {"p": partition, "u": user_id, **pending}
                 heap.append((pending["ts"] + self.window_s, key))
-                users.setdefault(user_id, []).append(key)
+                users.setdefault(user_id, []).append((pending["ts"], key))
         for keys in users.values():
-            keys.sort(key=lambda k: self.store[k]["ts"])
+            keys.sort()
         heapq.heapify(heap)
         self._heaps[partition] = heap
         self._users[partition] = users
@@ -137,12 +151,15 @@ class LabelAttribution:
             "info": info,
         }
         keys = self._users[partition].setdefault(event.user_id, [])
-        keys.append(key)
-        heapq.heappush(self._heaps[partition], (event.ts + self.window_s, key))
+        bisect.insort(keys, (event.ts, key))
+        heap = self._heaps[partition]
+        heapq.heappush(heap, (event.ts + self.window_s, key))
         self._size[partition] += 1
+        if len(heap) > 2 * self._size[partition] + 1024:
+            self._compact(partition)
         out: list[Resolved] = []
         while len(keys) > self.max_per_user:
-            out.append(self._resolve(partition, keys[0], 0, "evicted"))
+            out.append(self._resolve(partition, keys[0][1], 0, "evicted"))
         if self._size[partition] > self.max_pending:
             out.extend(self._evict_oldest(partition))
         return out
@@ -155,7 +172,7 @@ class LabelAttribution:
         if not keys:
             return []
         out = []
-        for key in list(keys):
+        for _, key in list(keys):
             pending = self.store[key]
             if pending["item"] == event.item_id and (
                 event.ts - self.window_s <= pending["ts"] <= event.ts
@@ -164,7 +181,8 @@ class LabelAttribution:
         return out
 
     def expire(self, partition: int, watermark: float) -> list[Resolved]:
-        """Resolve as negative every exposure whose window closed before ``watermark``."""
+        """Resolve as negative every exposure of the partition whose window closed before
+        ``watermark`` (the partition's event-time clock)."""
         self._ensure(partition)
         heap = self._heaps[partition]
         out: list[Resolved] = []
@@ -174,7 +192,27 @@ class LabelAttribution:
                 out.append(self._resolve(partition, key, 0, "window_closed"))
         return out
 
+    def expire_user(self, partition: int, user_id: str, ts: float) -> list[Resolved]:
+        """Resolve as negative the exposures of ``user_id`` whose window closed before
+        ``ts``, a time of the same user's (an event of the user's own clock): O(1) when
+        none did."""
+        self._ensure(partition)
+        keys = self._users[partition].get(user_id)
+        out: list[Resolved] = []
+        while keys and keys[0][0] + self.window_s < ts:
+            out.append(self._resolve(partition, keys[0][1], 0, "window_closed"))
+        return out
+
     # -- helpers ----------------------------------------------------------------------
+    def _compact(self, partition: int) -> None:
+        """Drop the heap entries of exposures resolved otherwise (conversions, a user's
+        own time, evictions), so the heap stays within twice the pending exposures even
+        when the partition's clock stands still."""
+        store = self.store
+        heap = [item for item in self._heaps[partition] if item[1] in store]
+        heapq.heapify(heap)
+        self._heaps[partition] = heap
+
     def _evict_oldest(self, partition: int) -> list[Resolved]:
         heap = self._heaps[partition]
         out: list[Resolved] = []
@@ -191,7 +229,7 @@ class LabelAttribution:
         users = self._users[partition]
         keys = users.get(pending["u"])
         if keys is not None:
-            keys.remove(key)
+            keys.remove((pending["ts"], key))
             if not keys:
                 del users[pending["u"]]
         self._size[partition] -= 1

@@ -65,21 +65,21 @@ def score(
     file: Path, fmt: str | None, output: Path, limit: int | None, target_rate: float | None
 ) -> None:
     """Score a file offline with the worker's engine (no Kafka) into JSON lines."""
+    from models.pipeline import PipelineConfig
     from stream_app.config import Settings
     from stream_app.datasets import read_events
     from stream_app.offline import score_events
     from stream_app.replay import infer_format
 
     settings = Settings.from_env()
+    config = PipelineConfig.from_settings(
+        settings, target_keep_rate=target_rate or settings.target_keep_rate
+    )
     fmt = fmt or infer_format(file)
     n = errors = kept = 0
     started = time.perf_counter()
     with output.open("wb") as out:
-        for record in score_events(
-            read_events(file, fmt, limit=limit),
-            target_rate=target_rate or settings.target_keep_rate,
-            window_s=settings.attribution_window_s,
-        ):
+        for record in score_events(read_events(file, fmt, limit=limit), config=config):
             out.write(orjson.dumps(record) + b"\n")
             if "error" in record:
                 errors += 1

@@ -65,6 +65,14 @@ class Settings:
     snapshot_interval_s: float = 10.0
     max_pending_per_user: int = 64
     max_pending_per_partition: int = 200_000
+    #: event-time clock (models/clock.py): an event counts at most as this worker's clock
+    #: plus this many seconds (0 to 86400)
+    clock_max_skew_s: float = 300.0
+    #: the partition's clock is the clock_users-th latest time among its last
+    #: clock_recent_users distinct users (1 <= clock_users <= clock_recent_users <= 1024;
+    #: clock_users=1: the latest event time of the partition, capped)
+    clock_users: int = 32
+    clock_recent_users: int = 128
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     data_dir: str = field(default_factory=_default_data_dir)
@@ -281,6 +289,11 @@ class Settings:
             ),
             max_pending_per_partition=int(
                 _env("IMPORTANCE_MAX_PENDING_PER_PARTITION", str(cls.max_pending_per_partition))
+            ),
+            clock_max_skew_s=float(_env("IMPORTANCE_CLOCK_MAX_SKEW_S", str(cls.clock_max_skew_s))),
+            clock_users=int(_env("IMPORTANCE_CLOCK_USERS", str(cls.clock_users))),
+            clock_recent_users=int(
+                _env("IMPORTANCE_CLOCK_RECENT_USERS", str(cls.clock_recent_users))
             ),
             web_host=_env("IMPORTANCE_WEB_HOST", cls.web_host),
             web_port=int(_env("IMPORTANCE_WEB_PORT", str(cls.web_port))),

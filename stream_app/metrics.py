@@ -25,6 +25,9 @@ class Counters:
     training_samples: int = 0
     labels_resolved: int = 0
     labels_evicted: int = 0
+    #: events whose ts was beyond this worker's clock plus IMPORTANCE_CLOCK_MAX_SKEW_S
+    #: (scored with their ts; the event-time clock counted them as the cap)
+    clock_capped: int = 0
     snapshots: int = 0
     snapshots_restored: int = 0
     dlq_by_code: dict[str, int] = field(default_factory=dict)

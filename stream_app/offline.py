@@ -1,16 +1,47 @@
-"""Offline scoring: the same engine and label attribution as the worker, over a file,
-without Kafka (``importance score FILE -o OUT.jsonl``)."""
+"""Offline scoring: the worker's per-event pipeline (:class:`models.pipeline.PartitionPipeline`)
+over a file, as one partition, without Kafka (``importance score FILE -o OUT.jsonl``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from models.engine import ImportanceEngine
-from models.events import CONVERSION_TYPES, EXPOSURE_TYPES, InvalidEvent, validate_event
-from models.labels import LabelAttribution
+from models.events import InvalidEvent, decode_event, validate_event
+from models.pipeline import Outcome, PartitionPipeline, PipelineConfig
 
-__all__ = ["score_events"]
+__all__ = ["process_events", "score_events"]
+
+
+def process_events(
+    events: Iterable[dict[str, Any] | bytes],
+    config: PipelineConfig | None = None,
+    *,
+    engine: ImportanceEngine | None = None,
+    wall: Callable[[], float] = time.time,
+) -> Iterator[Outcome | dict[str, Any]]:
+    """One :class:`~models.pipeline.Outcome` per valid event (score record, training
+    records, resolved labels: what a one-partition worker publishes for it), and an
+    ``{"error": ...}`` record per invalid one, in input order. Events are validated as
+    the worker validates them (bytes as message payloads; timestamps up to a day ahead of
+    ``wall``).
+
+    No model snapshots are taken, so ``model.version`` stays at the engine's.
+    """
+    config = config or PipelineConfig()
+    pipeline = PartitionPipeline(0, config, labels={}, engine=engine, wall=wall)
+    for raw in events:
+        try:
+            # validated as the worker's decode agent does, against the same wall clock
+            if isinstance(raw, (bytes, str)):
+                ev = decode_event(raw.encode() if isinstance(raw, str) else raw, now=wall())
+            else:
+                ev = validate_event(raw, now=wall())
+        except InvalidEvent as exc:
+            yield {"error": exc.code, "detail": str(exc)}
+            continue
+        yield pipeline.process(ev)
 
 
 def score_events(
@@ -19,29 +50,21 @@ def score_events(
     target_rate: float = 0.2,
     window_s: float = 1800.0,
     engine: ImportanceEngine | None = None,
+    config: PipelineConfig | None = None,
+    wall: Callable[[], float] = time.time,
 ) -> Iterator[dict[str, Any]]:
     """Yield one score record per valid event (and an ``{"error": ...}`` record per
     invalid one), learning from labels as they resolve, exactly as one worker partition.
-    """
-    import orjson
 
-    engine = engine or ImportanceEngine(target_rate=target_rate)
-    labels = LabelAttribution({}, window_s=window_s)
-    for raw in events:
-        try:
-            obj = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
-            ev = validate_event(obj, now=float("inf"))
-        except (InvalidEvent, orjson.JSONDecodeError) as exc:
-            code = getattr(exc, "code", "not_json")
-            yield {"error": code, "detail": str(exc)}
-            continue
-        resolved = labels.expire(0, max(engine.watermark, ev.ts))
-        if ev.type in CONVERSION_TYPES:
-            resolved.extend(labels.convert(0, ev))
-        scored = engine.score(ev)
-        record = scored.record(updates=engine.updates, version=engine.version)
-        if ev.label is None and ev.type in EXPOSURE_TYPES:
-            resolved.extend(labels.track(0, ev, {}))
-        for item in resolved:
-            engine.learn(item.event, item.label)
-        yield record
+    ``config`` gives every setting of the path; without it, ``target_rate`` and
+    ``window_s`` with the other defaults. The records are the worker's without its
+    ``partition`` field.
+    """
+    if config is None:
+        config = PipelineConfig(target_keep_rate=target_rate, attribution_window_s=window_s)
+    for out in process_events(events, config, engine=engine, wall=wall):
+        if isinstance(out, Outcome):
+            # a copy: the record itself may be held as a pending exposure's training record
+            yield {k: v for k, v in out.record.items() if k != "partition"}
+        else:
+            yield out

@@ -12,10 +12,11 @@ without Faust.
     nothing in them (no engine, table or training samples): the cost of the framework.
 ``ceiling``
     A hand-tuned loop over this project's own ``models/``: batched ``consume(num_messages=…)``,
-    :class:`PlainPipeline` (the same per-event path as ``agents/score.py``: decode/validate,
-    label expiry and attribution, engine scoring, learning from resolved labels, training
-    samples, periodic model snapshots) and batched produce (``linger.ms``), committing offsets
-    only after the producer flushed (at least once). It skips the repartition hop the worker
+    :class:`PlainPipeline` (the worker's own per-event path, ``models/pipeline.py``, after
+    decode/validate: engine scoring, the event-time clock, label expiry and attribution,
+    learning from resolved labels, training samples, periodic model snapshots) and batched
+    produce (``linger.ms``), committing offsets only after the producer flushed (at least
+    once). It skips the repartition hop the worker
     needs (the input is keyed by user already), so it is the practical ceiling for Python
     doing this work on this machine.
 
@@ -38,8 +39,8 @@ import click
 import orjson
 
 from models.engine import ImportanceEngine
-from models.events import CONVERSION_TYPES, EXPOSURE_TYPES, Event, InvalidEvent, decode_event
-from models.labels import LabelAttribution, Resolved
+from models.events import Event, InvalidEvent, decode_event
+from models.pipeline import PartitionPipeline, PipelineConfig
 from stream_app.config import Settings
 from stream_app.model_store import encode_parts
 
@@ -47,12 +48,14 @@ __all__ = ["PlainPipeline", "run_ceiling", "run_textbook"]
 
 
 class PlainPipeline:
-    """The worker's per-event path after decoding (``agents/score.py``'s ``process``) without
-    Kafka: one engine per partition, delayed labels in a plain dict store.
+    """The worker's per-event path after decoding (:class:`models.pipeline.PartitionPipeline`,
+    as ``agents/score.py`` runs it) without Kafka, for several partitions: one pipeline per
+    partition, delayed labels shared in a plain dict store.
 
     ``process`` returns the score record and appends ``(key, value)`` training samples to
-    :attr:`training`; ``snapshots`` counts model snapshots taken (state encoded as the worker
-    does), whose encoded parts go to :attr:`snapshot_parts` when ``keep_snapshots`` is set.
+    :attr:`training`; ``snapshots`` counts model snapshots taken every
+    ``snapshot_every`` events of a partition (state encoded as the worker does), whose
+    encoded parts go to :attr:`snapshot_parts` when ``keep_snapshots`` is set.
     """
 
     def __init__(
@@ -62,66 +65,45 @@ class PlainPipeline:
         keep_snapshots: bool = False,
     ) -> None:
         self.settings = settings or Settings()
-        self.labels = LabelAttribution(
-            {} if store is None else store,
-            window_s=self.settings.attribution_window_s,
-            max_per_user=self.settings.max_pending_per_user,
-            max_pending=self.settings.max_pending_per_partition,
-        )
-        self.engines: dict[int, ImportanceEngine] = {}
-        self.since_snapshot: dict[int, int] = {}
+        # snapshots by count only, as this loop always took them
+        self.config = PipelineConfig.from_settings(self.settings, snapshot_interval_s=math.inf)
+        self.labels = self.config.new_labels({} if store is None else store)
+        self.pipelines: dict[int, PartitionPipeline] = {}
         self.training: list[tuple[bytes, bytes]] = []
         self.snapshot_parts: list[tuple[int, bytes, bytes]] = []
         self.keep_snapshots = keep_snapshots
         self.snapshots = 0
         self.scored = 0
 
-    def engine(self, partition: int) -> ImportanceEngine:
-        engine = self.engines.get(partition)
-        if engine is None:
-            engine = self.engines[partition] = ImportanceEngine(
-                target_rate=self.settings.target_keep_rate
-            )
-            self.since_snapshot[partition] = 0
-        return engine
+    @property
+    def engines(self) -> dict[int, ImportanceEngine]:
+        return {p: pipeline.engine for p, pipeline in self.pipelines.items()}
 
-    def _training(self, key: bytes, info: dict[str, Any], label: int | None, source: str) -> None:
-        self.training.append((key, orjson.dumps({**info, "label": label, "label_source": source})))
+    def pipeline(self, partition: int) -> PartitionPipeline:
+        pipeline = self.pipelines.get(partition)
+        if pipeline is None:
+            pipeline = self.pipelines[partition] = PartitionPipeline(
+                partition, self.config, labels=self.labels
+            )
+        return pipeline
+
+    def engine(self, partition: int) -> ImportanceEngine:
+        return self.pipeline(partition).engine
 
     def process(self, partition: int, ev: Event) -> dict[str, Any]:
-        engine = self.engine(partition)
-        labels = self.labels
-        resolved: list[Resolved] = labels.expire(partition, max(engine.watermark, ev.ts))
-        if ev.type in CONVERSION_TYPES:
-            resolved.extend(labels.convert(partition, ev))
-        scored = engine.score(ev)
-        record = scored.record(updates=engine.updates, version=engine.version)
-        record["partition"] = partition
-        key = ev.user_id.encode()
-        if ev.label is not None:
-            if scored.keep:
-                self._training(key, record, ev.label, "explicit")
-        elif ev.type in EXPOSURE_TYPES:
-            # as the worker: the whole record only when it becomes a training sample
-            info = record if scored.keep else {"p": record["p"], "keep": False}
-            resolved.extend(labels.track(partition, ev, info))
-        elif scored.keep:
-            self._training(key, record, None, "none")
-        for item in resolved:
-            engine.learn(item.event, item.label)
-            if item.info.get("keep"):
-                self._training(item.event.user_id.encode(), item.info, item.label, item.reason)
+        pipeline = self.pipeline(partition)
+        out = pipeline.process(ev)
+        dumps = orjson.dumps
+        self.training.extend((user.encode(), dumps(sample)) for user, sample in out.training)
         self.scored += 1
-        self.since_snapshot[partition] += 1
-        if self.since_snapshot[partition] >= self.settings.snapshot_every:
+        if pipeline.due():
             self.snapshot(partition)
-        return record
+        return out.record
 
     def snapshot(self, partition: int) -> None:
-        parts = encode_parts(partition, self.engines[partition].to_state())
+        parts = encode_parts(partition, self.pipeline(partition).snapshot_state())
         if self.keep_snapshots:
             self.snapshot_parts.extend((partition, k, v) for k, v in parts)
-        self.since_snapshot[partition] = 0
         self.snapshots += 1
 
 

@@ -615,6 +615,7 @@ def stats_document(history_n: int = 0) -> dict[str, Any]:
             "training_samples": counters.training_samples,
             "labels_resolved": counters.labels_resolved,
             "labels_evicted": counters.labels_evicted,
+            "clock_capped": counters.clock_capped,
             "scored_in_place": counters.scored_in_place,
         },
         "dlq_by_code": dict(counters.dlq_by_code),
@@ -675,6 +676,11 @@ class ServiceCollector:
             ("importance_kept", counters.kept, "Events kept by the sampler"),
             ("importance_training_samples", counters.training_samples, "Training samples"),
             ("importance_labels_resolved", counters.labels_resolved, "Labels resolved"),
+            (
+                "importance_clock_capped",
+                counters.clock_capped,
+                "Events ahead of the worker's clock plus the allowed skew",
+            ),
             ("importance_snapshots", counters.snapshots, "Model snapshots saved"),
         ):
             yield CounterMetricFamily(name, doc, value=value)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.clock import EventClock
 from tests.integration.conftest import consume_all, produce
 from tests.integration.events import synthetic_events
 
@@ -56,11 +57,29 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.5, what: str 
     raise AssertionError(f"timed out waiting for {what}: last {last!r}")
 
 
+def clocks_after(records: list[dict]) -> list[float]:
+    """The partition's event-time clock after each record (records of one partition in
+    the order the worker scored them), as models/clock.py defines it with the default
+    settings: the 32nd latest time among the partition's last 128 users."""
+    clocks: dict[int, EventClock] = {}
+    out = []
+    for r in records:
+        clock = clocks.setdefault(r["partition"], EventClock())
+        clock.observe(r["user_id"], r["ts"])
+        out.append(clock.time)
+    return out
+
+
 def expected_top(records: list[dict], entity: str, window: str, k: int) -> list[dict]:
-    """Top k of ``entity`` over the window that ends with the pane of the latest event
-    that has this entity (each entity's table keeps its own event-time clock)."""
+    """Top k of ``entity`` over the window that ends with the pane of the table's
+    event-time clock: the largest clock that came with a record that has this entity
+    (each entity's table keeps its own clock; never the latest ``ts``)."""
     field = {"item": "item_id", "category": "category_id", "user": "user_id"}[entity]
-    now = max(r["ts"] for r in records if r.get(field) is not None)
+    now = max(
+        clock
+        for r, clock in zip(records, clocks_after(records), strict=True)
+        if r.get(field) is not None
+    )
     end = math.floor(now / STEP) * STEP + STEP
     start = end - WINDOWS[window]
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0, 0.0])

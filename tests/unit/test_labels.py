@@ -307,3 +307,71 @@ def test_entries_of_earlier_versions_are_migrated():
     assert r.event == b and r.label == 1 and r.info == {"p": 0.2}
     assert labels_of(attr.expire(0, TS + WINDOW + 1)) == [(a.event_id, 0, "window_closed")]
     assert old == {}
+
+
+# -- closing by a user's own event time ---------------------------------------------------
+
+
+def test_a_users_own_later_time_closes_only_that_users_windows(attr):
+    mine = [ev("view", user=1, item=i, ts=TS + 100 * i) for i in range(3)]
+    theirs = ev("view", user=2, ts=TS)
+    for e in [*mine, theirs]:
+        attr.track(0, e, {})
+    # user 1's clock says 20 h later: its own exposures' windows closed, user 2's did not
+    out = attr.expire_user(0, "1", TS + 20 * 3600)
+    assert labels_of(out) == sorted((e.event_id, 0, "window_closed") for e in mine)
+    assert attr.pending(0) == 1
+    assert [r.label for r in attr.convert(0, ev("cart", user=2, ts=TS + 60))] == [1]
+
+
+def test_a_users_own_time_closes_in_deadline_order_up_to_its_time(attr):
+    views = [ev("view", user=1, item=i, ts=TS + 100 * i) for i in range(4)]
+    for v in reversed(views):  # arrival order does not matter
+        attr.track(0, v, {})
+    assert attr.expire_user(0, "1", TS + WINDOW) == []  # the window is a closed interval
+    assert attr.expire_user(0, "2", TS + 10 * WINDOW) == []  # another user: nothing
+    out = attr.expire_user(0, "1", TS + 150 + WINDOW)
+    assert [r.event.event_id for r in out] == [views[0].event_id, views[1].event_id]
+    assert attr.pending(0) == 2
+    # the partition's expiry does not resolve them a second time
+    out = attr.expire(0, watermark=TS + 10 * WINDOW)
+    assert labels_of(out) == sorted((v.event_id, 0, "window_closed") for v in views[2:])
+    assert attr.resolved == 4
+
+
+def test_closing_by_own_time_after_a_restart(store):
+    before = LabelAttribution(store, window_s=WINDOW)
+    a, b = ev("view", user=1, ts=TS + 10), ev("view", user=1, item=8, ts=TS)
+    before.track(0, a, {})
+    before.track(0, b, {})
+    after = LabelAttribution(orjson.loads(orjson.dumps(store)), window_s=WINDOW)
+    out = after.expire_user(0, "1", TS + 5 + WINDOW)
+    assert labels_of(out) == [(b.event_id, 0, "window_closed")]
+    assert after.pending(0) == 1
+
+
+def test_per_user_cap_evicts_the_earliest_in_event_time(store):
+    """The oldest exposure is the earliest in event time, also when it arrived late
+    (the same choice before and after a rebuild from the store)."""
+    attr = LabelAttribution(store, window_s=WINDOW, max_per_user=2)
+    late_arrival = ev("view", user=1, item=0, ts=TS)
+    attr.track(0, ev("view", user=1, item=1, ts=TS + 10), {})
+    attr.track(0, late_arrival, {})
+    out = attr.track(0, ev("view", user=1, item=2, ts=TS + 20), {})
+    assert labels_of(out) == [(late_arrival.event_id, 0, "evicted")]
+
+
+def test_heap_stays_bounded_when_the_partition_clock_stands_still(attr):
+    """Exposures resolved by conversions or their users' own times leave heap entries;
+    with the partition's clock stuck (too few users to agree), they are compacted away
+    instead of piling up."""
+    for i in range(20_000):
+        user = i % 50
+        view = ev("view", user=user, item=i, ts=TS + i)
+        attr.track(0, view, {})
+        attr.expire_user(0, str(user), TS + i)
+        if i % 2:
+            attr.convert(0, ev("cart", user=user, item=i, ts=TS + i + 1))
+    pending = attr.pending(0)
+    assert pending < 10_000
+    assert len(attr._heaps[0]) <= 2 * pending + 1024

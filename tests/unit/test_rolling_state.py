@@ -33,6 +33,8 @@ def sent(monkeypatch):
         table.data.clear()
     for state in rolling.STATES.values():
         monkeypatch.setattr(state, "now", 0.0)
+        monkeypatch.setattr(state, "clocks", {})
+        monkeypatch.setattr(state, "_saved", {})
         monkeypatch.setattr(state, "dirty", {})
         monkeypatch.setattr(state, "_cache", {})
         monkeypatch.setattr(state, "_indexed", -1)
@@ -42,7 +44,10 @@ def sent(monkeypatch):
 
 
 def _tables():
-    return [state.table for state in rolling.STATES.values()] + [rolling.user_top_table]
+    return [state.table for state in rolling.STATES.values()] + [
+        rolling.user_top_table,
+        rolling.clock_table,
+    ]
 
 
 def test_panes_windows_and_expiry(sent):
@@ -141,11 +146,83 @@ def test_roll_batch_sums_per_pane_and_packs_rekeyed_contributions(sent, monkeypa
             for row in orjson.loads(value)["rows"]:
                 assert partition == partition_for(row[0].encode(), rolling.settings.partitions)
                 rows[(topic.rsplit("-", 1)[1], row[0], row[1])] = row[2:]
+    # [latest ts, *delta, latest clock]: without a clock, a record's clock is its ts
     assert rows == {
-        ("item", "i1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4)],
-        ("item", "i2", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2],
-        ("category", "c1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4)],
-        ("category", "c1", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2],
+        ("item", "i1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4), t0 + 2],
+        ("item", "i2", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2, t0 + 70],
+        ("category", "c1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4), t0 + 2],
+        ("category", "c1", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2, t0 + 70],
     }
     for table in _tables():
         table.data.clear()
+
+
+def _record(user, item, ts, importance=0.5):
+    return {
+        "user_id": user,
+        "item_id": item,
+        "ts": ts,
+        "importance": importance,
+        "keep": True,
+        "p": 0.1,
+        "category_id": "c",
+    }
+
+
+def test_a_far_future_event_does_not_move_the_window(sent, monkeypatch):
+    """Score records come with their partition's event-time clock: a far-future record
+    lands in its own future pane, but every table's window, pane retention and user
+    sweep stay at the clock (issue 9: "/api/top/items showed only the attacker's item")."""
+    import orjson
+
+    raw: list = []
+    monkeypatch.setattr(rolling.output, "send", lambda t, v, k=None, p=-1: raw.append((t, v)))
+    t0 = 1_700_000_040.0
+    clock = t0 + 100
+    batch = [(p % 4, _record(f"u{p}", f"i{p % 5}", t0 + p), clock) for p in range(100)]
+    future = t0 + 20 * 3600
+    batch.append((1, _record("attacker", "attacker-item", future, 1.0), clock))
+    rolling.roll_batch(batch)
+    state = rolling.STATES["user"]
+    assert state.current_time() == clock  # not the attacker's ts
+    start, end, totals = state.totals("1h", max_age_s=0)
+    assert start <= clock < end
+    assert "attacker" not in totals and len(totals) == 100
+    assert state.pane_key("attacker", rolling.pane_start(future, 60)) in state.table.data
+    assert state.dirty["attacker"] == future  # published as of its own time
+    # nothing recent is swept away, and no user is forgotten
+    assert state.sweep() == 0
+    assert rolling.sweep_users(state.current_time()) == 0
+    # the item table, fed through the re-keying topic, stands at the clock too
+    rekeyed = [v for t, v in raw if t.endswith("rolling-by-item")]
+    assert {row[7] for v in rekeyed for row in orjson.loads(v)["rows"]} == {clock}
+    items = rolling.STATES["item"]
+    for value in rekeyed:
+        for key, pane, ts, delta, row_clock in rolling.unpack(value):
+            items.put(0, key, pane, delta, ts, row_clock)
+    assert items.current_time() == clock
+    assert sorted(items.totals("1h", max_age_s=0)[2]) == ["i0", "i1", "i2", "i3", "i4"]
+    # the attacker's item is in its own future window only
+    assert items.key_total("attacker-item", *rolling.window_bounds(future, 3600, 60))
+    # the user table saved its partitions' clocks: after a restart it stands there again
+    assert {k: v for k, v in rolling.clock_table.data.items() if k.startswith("user:")} == {
+        f"user:{p}": clock for p in range(4)
+    }
+    state.now = 0.0
+    assert state.current_time() == clock
+
+
+def test_recovered_tables_stand_at_a_robust_time(sent):
+    """After a restart (tables recovered, no record yet), a few keys with far-future
+    panes do not set the window either."""
+    state = rolling.STATES["item"]
+    t0 = 1_700_000_040.0
+    data = state.table.data
+    for i in range(100):
+        data[state.pane_key(f"i{i}", t0 + 60 * (i % 3))] = [1, 0.5, 0, 0.1]
+    for i in range(5):  # fewer keys than IMPORTANCE_CLOCK_USERS (32)
+        data[state.pane_key(f"future{i}", t0 + 20 * 3600)] = [1, 1.0, 0, 0.1]
+    state.now = 0.0
+    assert state.current_time() == t0 + 120
+    _, _, totals = state.totals("1h", max_age_s=0)
+    assert not any(key.startswith("future") for key in totals)
