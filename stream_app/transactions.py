@@ -191,6 +191,8 @@ class ExactlyOnce:
         """Replaces Faust's ``Consumer._commit_tps``: commit the acknowledged offsets of
         ``tps`` in the output producer's transaction."""
         async with self.output.transaction_lock:
+            if self.output.failed is not None:
+                return False  # stopping after a processing failure: commit nothing
             consumer = self.app.consumer
             # from here to output.hold() nothing awaits: no agent runs in between, so the
             # transaction holds exactly the outputs of the events whose offsets it commits
