@@ -90,7 +90,7 @@ def dlq_record(
     >>> from models.events import InvalidEvent
     >>> r = dlq_record(InvalidEvent("too_large", "big"), b"x" * 10, "events", 0, 7, max_raw=4)
     >>> r["raw"], r["raw_truncated"], r["raw_bytes"], r["raw_sha256"][:12]
-    ('xxxx', True, 10, '2a18c6d5d3a4')
+    ('xxxx', True, 10, 'fc11d6f28e59')
     """
     extra: dict[str, Any] = {}
     payload: str | None
