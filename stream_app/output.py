@@ -180,7 +180,10 @@ class Output:
         self.no_replacement: set[str] = set()
         #: records replaced by dead letters (over their limit, or refused by Kafka)
         self.replaced = 0
-        self._refused: list[tuple[str, bytes | None, bytes | None, str]] = []
+        #: records refused in a delivery report: (topic, partition, key, value, reason)
+        self._refused: list[tuple[str, int, bytes | None, bytes | None, str]] = []
+        #: ... and refused again when produced alone: replaced by dead letters
+        self._refused_alone: list[tuple[str, int, bytes | None, bytes | None, str]] = []
         #: why the worker stops (set by refuse(): nothing is committed any more)
         self.failed: str | None = None
 
@@ -252,13 +255,27 @@ class Output:
                 and not self.transactional  # the transaction is lost already
                 and msg.topic() not in self.no_replacement
             ):
-                log.warning("output: record refused, replaced by a dead letter: %s", text)
+                log.warning("output: record refused, producing it alone again: %s", text)
                 with self._lock:
-                    self._refused.append((msg.topic(), msg.key(), msg.value(), err.str()))
+                    self._refused.append(
+                        (msg.topic(), msg.partition(), msg.key(), msg.value(), err.str())
+                    )
                 return
             log.error("output: message not delivered: %s", text)
             with self._lock:
                 self._errors.append(text)
+
+    def _on_retry_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        """Delivery report of a refused record produced again alone."""
+        if err is not None and err.code() in CONTENT_ERRORS:
+            text = f"{msg.topic()}[{msg.partition()}]: {err.str()}"
+            log.warning("output: record refused again, replaced by a dead letter: %s", text)
+            with self._lock:
+                self._refused_alone.append(
+                    (msg.topic(), msg.partition(), msg.key(), msg.value(), err.str())
+                )
+        else:
+            self._on_delivery(err, msg)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -341,7 +358,7 @@ class Output:
         which are delivered before this returns."""
         if self._producer is None:
             return
-        for _ in range(3):  # refused records, then (at most) their refused replacements
+        for _ in range(4):  # refused records, alone again, their dead letters
             remaining = self._producer.flush() if timeout is None else self._producer.flush(timeout)
             if not self._produce_replacements():
                 break
@@ -350,24 +367,33 @@ class Output:
             raise DeliveryError(f"{remaining} messages still undelivered after {timeout} s")
 
     def _produce_replacements(self) -> int:
-        """Produce the dead letters of the records refused since the last call."""
+        """Deal with the records refused since the last call: each is produced again
+        alone (the broker refuses a whole batch when one record in it is too large, or
+        the batch itself is); one refused again is replaced by its dead letter."""
+        producer = self.producer
         with self._lock:
             refused, self._refused = self._refused, []
-        for topic, key, value, reason in refused:
+            alone, self._refused_alone = self._refused_alone, []
+        for topic, partition, key, value, _reason in refused:
+            producer.produce(topic, value, key, partition, on_delivery=self._on_retry_delivery)
+            producer.flush(TRANSACTION_CALL_TIMEOUT_S)
+        for topic, _partition, key, value, reason in alone:
             assert self.replace is not None
             code = "output_too_large" if "too large" in reason.lower() else "output_rejected"
             detail = f"Kafka refused a {len(value or b'')}-byte record for {topic}: {reason}"
             dlq, dkey, dvalue = self.replace(code, detail, topic, key, value, None)
-            self._produce(self.producer, dlq, dvalue, dkey, -1)
+            self._produce(producer, dlq, dvalue, dkey, -1)
             self.replaced += 1
-        return len(refused)
+        return len(refused) + len(alone)
 
     async def flush(self) -> None:
         """:meth:`flush_sync` without blocking the event loop; raises
         :class:`WorkerFailed` after :meth:`refuse`."""
         if self.failed is not None:
             raise WorkerFailed(f"not committing: {self.failed}")
-        if (self._producer is None or len(self._producer) == 0) and not self._refused:
+        if (self._producer is None or len(self._producer) == 0) and not (
+            self._refused or self._refused_alone
+        ):
             self.raise_for_errors()
             return
         await asyncio.get_running_loop().run_in_executor(None, self.flush_sync)
