@@ -126,10 +126,20 @@ async def handle(
         await handled()
         return
     message.incref()  # the stream's own ack no longer acknowledges it
+    where = (message.topic, message.partition)
+    # what the transactional commit must stop below (Faust's own commit stops at the
+    # first unacknowledged offset): the message, and the read-back ones before it
+    held = {s.origin[2] for s in suspects} | {message.offset}
+    output.held.setdefault(where, set()).update(held)
 
     async def release() -> None:
         await handled()
         message.ack(app.consumer)
+        remaining = output.held.get(where, set()) - held
+        if remaining:
+            output.held[where] = remaining
+        else:
+            output.held.pop(where, None)
 
     failures.hold(suspects, release)
 
@@ -147,4 +157,7 @@ async def judge_waiting_suspects() -> None:
 
 @app.on_partitions_revoked.connect
 async def _forget_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
-    failures.forget({(tp.topic, tp.partition) for tp in revoked})
+    gone = {(tp.topic, tp.partition) for tp in revoked}
+    failures.forget(gone)
+    for where in gone:
+        output.held.pop(where, None)

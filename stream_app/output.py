@@ -186,6 +186,9 @@ class Output:
         self._refused_alone: list[tuple[str, int, bytes | None, bytes | None, str]] = []
         #: why the worker stops (set by refuse(): nothing is committed any more)
         self.failed: str | None = None
+        #: offsets of input messages held back per (topic, partition): events whose
+        #: processing failed, not yet judged; the transactional commit stops below them
+        self.held: dict[tuple[str, int], set[int]] = {}
 
     @property
     def origin(self) -> tuple[str, int, int] | None:

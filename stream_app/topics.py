@@ -112,7 +112,17 @@ def topic_limits(
     limits: dict[str, int] = {}
     broker_limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
     for resource, future in admin.describe_configs(resources).items():
-        configs = future.result(timeout)
+        try:
+            configs = future.result(timeout)
+        except Exception as exc:  # e.g. no DescribeConfigs permission: assume the default
+            log.warning(
+                "cannot read the message limit of %s %s (%s); assuming %d bytes",
+                resource.restype.name.lower(),
+                resource.name,
+                exc,
+                KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+            )
+            continue
         if resource.restype == ConfigResource.Type.BROKER:
             entry = configs.get("message.max.bytes")
             if entry is not None and entry.value:

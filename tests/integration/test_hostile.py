@@ -1,9 +1,10 @@
 """Hostile input through a real worker: every message of the corpus in
-``tests/hostile.py`` (88 kinds, one over 1 MB) lands in the dead-letter topic with its
-stable code, none stops the worker, and the valid events around them are all scored;
-ids that are not in NFC are scored as their NFC form. A poison message whose dead letter
-would not fit its topic (a 982,652-byte key) is dead-lettered within the topic's limit,
-also when the dead-letter and score topics accept much less than 1 MB."""
+``tests/hostile.py`` (88 kinds, one over 1 MB, and 3 with keys of up to 982,652 bytes)
+lands in the dead-letter topic with its stable code, none stops the worker, and the
+valid events around them are all scored; ids that are not in NFC are scored as their
+NFC form. A poison message whose dead letter would not fit its topic (a 982,652-byte
+key) is dead-lettered within the topic's limit, also when the dead-letter and score
+topics accept much less than 1 MB."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from tests.hostile import HOSTILE, LOOKALIKE_VALID, MAX_PAYLOAD_BYTES
+from tests.hostile import HOSTILE, HOSTILE_KEYED, LOOKALIKE_VALID, MAX_PAYLOAD_BYTES
 from tests.integration.conftest import consume_all, produce
 from tests.integration.events import synthetic_events
 
@@ -53,6 +54,9 @@ def test_every_hostile_message_goes_to_the_dlq_with_its_code(bootstrap, worker_f
             keys.append(f"hostile-{name}".encode())
             values.append(raw)
     assert sum(k.startswith(b"hostile-") for k in keys) == len(HOSTILE)
+    for _name, key, raw, _code in HOSTILE_KEYED:  # hostile keys (the poison message)
+        keys.append(key)
+        values.append(raw)
     for name, raw, _user in LOOKALIKE_VALID:  # valid, but their ids are not in NFC
         keys.append(f"lookalike-{name}".encode())
         values.append(raw.replace(b'"item_id": 2', b'"item_id": "%s"' % name.encode()))
@@ -64,12 +68,20 @@ def test_every_hostile_message_goes_to_the_dlq_with_its_code(bootstrap, worker_f
         config={"message.max.bytes": BIG, "compression.type": "lz4"},
     )
 
+    keyed = [h for h in HOSTILE_KEYED if h[3] is not None]
     dead = consume_all(
         bootstrap,
         worker.settings.topic_dlq,
-        until=lambda records: len(records) >= len(HOSTILE),
+        until=lambda records: len(records) >= len(HOSTILE) + len(keyed),
         timeout=240,
     )
+    by_hash = {r.get("key_sha256"): r for r in dead}
+    for name, key, raw, code in keyed:
+        record = by_hash.get(hashlib.sha256(key).hexdigest())
+        assert record is not None and record["error"] == code, (name, record)
+        assert record["key_bytes"] == len(key) and key.startswith(record["_key"])
+        assert len(record["_key"]) <= 1024 and record["raw_bytes"] == len(raw)
+    dead = [r for r in dead if not r.get("key_truncated")]
     by_key = {r["_key"].decode(): r for r in dead}
     wrong = {}
     for name, raw, code in HOSTILE:
@@ -94,7 +106,7 @@ def test_every_hostile_message_goes_to_the_dlq_with_its_code(bootstrap, worker_f
     assert len(dead) == len(HOSTILE)
     assert by_key["hostile-payload-1mb"]["raw_bytes"] > 1024 * 1024
 
-    expected = {e["event_id"] for e in valid}
+    expected = {e["event_id"] for e in valid} | {"keyed-valid-1"}  # valid, huge key
     records = consume_all(
         bootstrap,
         worker.settings.topic_scores,

@@ -66,3 +66,13 @@ def test_rate_limit_filter_drops_repeats_and_counts_them():
     )
     assert flt.filter(last)
     assert last.getMessage() == "Unable to connect 7 (and 4 similar messages in the last 0 s)"
+
+
+def test_a_failed_worker_reports_it_until_it_exits(health_module):
+    h = health_module
+    h.record_check(True, now=100.0)
+    assert h.healthz_body()[1] == 200
+    h.health.failed = "5 consecutive events of partition 0 (scoring) failed"
+    body, status = h.healthz_body()
+    assert status == 503 and body["status"] == "failed"
+    assert body["failed"].startswith("5 consecutive events")
