@@ -26,6 +26,7 @@ __all__ = [
     "SettingsError",
     "env_name",
     "repo_root",
+    "unknown_variables",
 ]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -432,6 +433,28 @@ class Settings(BaseSettings):
             return cls(**values)
         except ValidationError as exc:
             raise SettingsError(_problems(exc, env)) from None
+
+
+#: IMPORTANCE_* variables read elsewhere (the local broker, the data sets)
+OTHER_VARIABLES = frozenset(
+    {
+        "IMPORTANCE_BROKER_PORT",
+        "IMPORTANCE_BROKER_CONTROLLER_PORT",
+        "IMPORTANCE_KAFKA_VERSION",
+        "IMPORTANCE_KAFKA_DIR",
+        "IMPORTANCE_KAFKA_DATA_DIR",
+        "IMPORTANCE_KAFKA_HEAP",
+        "IMPORTANCE_SHARED_DATA",
+        "IMPORTANCE_CACHE_DIR",
+    }
+)
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``IMPORTANCE_*`` variables that nothing reads (a typo is otherwise ignored)."""
+    env = os.environ if environ is None else environ
+    known = {env_name(name) for name in Settings.model_fields} | OTHER_VARIABLES
+    return sorted(n for n in env if n.startswith("IMPORTANCE_") and n not in known)
 
 
 def env_name(field: str) -> str:

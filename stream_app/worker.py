@@ -22,13 +22,19 @@ def check_settings() -> None:
     """Validate every setting before anything else; on a bad one print one line per
     wrong variable and exit with :data:`EXIT_BAD_SETTINGS` (no topic created, no group
     joined)."""
-    from stream_app.config import Settings, SettingsError
+    from stream_app.config import Settings, SettingsError, unknown_variables
 
     try:
         Settings.from_env()
     except SettingsError as exc:
         print(f"importance worker: invalid settings: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
+    unknown = unknown_variables()
+    if unknown:
+        print(
+            f"importance worker: warning: unknown variables ignored: {', '.join(unknown)}",
+            file=sys.stderr,
+        )
 
 
 def configure_limits(settings, bootstrap: str, output, dead_letters) -> None:

@@ -116,3 +116,15 @@ def test_every_field_names_its_variable_and_describes_itself():
         assert field.description, name  # the README's configuration table comes from these
     assert env_name("rolling_enabled") == "IMPORTANCE_ROLLING"
     assert env_name("max_consecutive_failures") == "IMPORTANCE_MAX_CONSECUTIVE_FAILURES"
+
+
+def test_unknown_importance_variables_are_reported():
+    from stream_app.config import unknown_variables
+
+    env = {
+        "IMPORTANCE_TARGET_KEEPRATE": "0.5",  # a typo
+        "IMPORTANCE_PARTITIONS": "4",
+        "IMPORTANCE_BROKER_PORT": "9092",  # read by the local broker
+        "PATH": "/bin",
+    }
+    assert unknown_variables(env) == ["IMPORTANCE_TARGET_KEEPRATE"]
