@@ -11,6 +11,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agents.health import RateLimitFilter
 from stream_app.app import app, output, settings
 from stream_app.deadletter import DeadLetters
 from stream_app.failures import EXIT_PROCESSING_FAILED, EventFailures, Suspect
@@ -19,6 +20,11 @@ from stream_app.metrics import counters, health
 __all__ = ["dead_letters", "failures", "handle", "send_dead_letter"]
 
 log = logging.getLogger(__name__)
+
+# a stream of poison events, or of refused records, logs one line per kind every 10 s
+# (with the count of those left out), not one per event
+for _name in ("stream_app.failures", "stream_app.output"):
+    logging.getLogger(_name).addFilter(RateLimitFilter())
 
 #: seconds between a systemic failure and the exit (``/healthz`` reports it meanwhile)
 EXIT_DELAY_S = 2.0
