@@ -13,15 +13,16 @@ topic as before. ``IMPORTANCE_SCORE_IN_PLACE=false`` sends every event through i
 
 from __future__ import annotations
 
-import base64
 import logging
-from typing import Any
 
 import orjson
 
+from agents.failures import agent_failed, dead_letters, handle, send_dead_letter
 from agents.score import process
-from models.events import MAX_MESSAGE_BYTES, InvalidEvent, decode_event
+from models.events import InvalidEvent, decode_event
 from stream_app.app import app, events_topic, output, settings
+from stream_app.deadletter import MAX_DLQ_RAW_BYTES, dlq_record
+from stream_app.failures import set_path
 from stream_app.metrics import counters
 from stream_app.offset_guard import guard_topic
 from stream_app.output import partition_for
@@ -30,46 +31,6 @@ from stream_app.topics import partition_counts
 __all__ = ["MAX_DLQ_RAW_BYTES", "decode", "dlq_record"]
 
 log = logging.getLogger(__name__)
-
-
-#: A dead letter carries at most this much of the rejected payload (``too_large`` ones
-#: are cut here), so it always fits a topic's default 1 MB message limit.
-MAX_DLQ_RAW_BYTES = MAX_MESSAGE_BYTES
-
-
-def dlq_record(
-    error: InvalidEvent, raw: bytes | None, topic: str, partition: int, offset: int
-) -> dict[str, Any]:
-    """The dead-letter record for a rejected message (``raw`` as text, or base64).
-
-    Payloads over :data:`MAX_DLQ_RAW_BYTES` are cut to that many bytes, with
-    ``raw_truncated: true`` and the full size in ``raw_bytes``.
-    """
-    extra: dict[str, Any] = {}
-    if raw is None:
-        payload: str | None = None
-        encoding = "null"
-    else:
-        if len(raw) > MAX_DLQ_RAW_BYTES:
-            extra = {"raw_truncated": True, "raw_bytes": len(raw)}
-            raw = raw[:MAX_DLQ_RAW_BYTES]
-        try:
-            payload, encoding = raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError as exc:
-            if extra and exc.start >= len(raw) - 3:  # the cut split a character
-                payload, encoding = raw[: exc.start].decode("utf-8"), "utf-8"
-            else:
-                payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return {
-        "error": error.code,
-        "detail": error.detail,
-        "raw": payload,
-        "raw_encoding": encoding,
-        **extra,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-    }
 
 
 def score_in_place() -> bool:
@@ -89,15 +50,17 @@ events_guard = guard_topic(app, events_topic.get_topic_name(), settings)
 @app.agent(events_topic)
 async def decode(stream):
     """events → (events-by-user | events-dlq)."""
-    async for event in stream.events():
-        message = event.message
-        missed = await events_guard.missed(message.partition, message.offset)
-        if missed is None:
-            continue  # handled already (delivered twice)
-        for earlier in missed:
-            await decode_one(earlier)
-        await events_guard.handled(message.partition)
-        await decode_one(message, event.value)
+    try:
+        async for event in stream.events():
+            message = event.message
+            missed = await events_guard.missed(message.partition, message.offset)
+            if missed is None:
+                continue  # handled already (delivered twice)
+            partition = message.partition
+            await handle(event, missed, lambda p=partition: events_guard.handled(p), decode_one)
+    except Exception as exc:  # outside the handling of one event: stop, commit nothing
+        agent_failed("decode", exc)
+        raise
 
 
 async def decode_one(message, value: bytes | None = None) -> None:
@@ -107,16 +70,17 @@ async def decode_one(message, value: bytes | None = None) -> None:
     try:
         ev = decode_event(value)
     except InvalidEvent as exc:
-        record = dlq_record(exc, value, message.topic, message.partition, message.offset)
-        output.send(settings.topic_dlq, orjson.dumps(record), message.key)
-        counters.dlq += 1
-        counters.dlq_by_code[exc.code] = counters.dlq_by_code.get(exc.code, 0) + 1
+        key, record = dead_letters.build(
+            exc, value, message.key, message.topic, message.partition, message.offset
+        )
+        send_dead_letter(key, record, exc.code)
         return
     counters.decoded += 1
     key = ev.user_id.encode()
     partition = message.partition
     if IN_PLACE and partition_for(key, settings.partitions) == partition:
         counters.scored_in_place += 1
+        set_path(("score", partition))  # its failures count with the scoring's
         await process(partition, ev)
     else:
         output.send(settings.topic_by_user, orjson.dumps(ev.to_dict()), key)

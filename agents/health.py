@@ -151,13 +151,18 @@ async def check_broker() -> None:
 
 
 def healthz_body() -> tuple[dict, int]:
-    """The ``/healthz`` document and its HTTP status."""
+    """The ``/healthz`` document and its HTTP status (503 ``"failed"`` from a systemic
+    processing failure until the worker exits)."""
+    if health.failed is not None:
+        status = "failed"
+    elif health.broker_connected:
+        status = "ok"
+    else:
+        status = "starting" if not health.checks else "broker_unreachable"
     body = {
-        "status": "ok"
-        if health.broker_connected
-        else ("starting" if not health.checks else "broker_unreachable"),
+        "status": status,
         **health.as_dict(),
         "events_in": counters.events_in,
         "scored": counters.scored,
     }
-    return body, 200 if health.broker_connected else 503
+    return body, 200 if status == "ok" else 503

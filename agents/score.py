@@ -14,6 +14,7 @@ import orjson
 from faust.types import TP
 
 from agents import rolling
+from agents.failures import agent_failed, handle
 from models.engine import ImportanceEngine
 from models.events import Event, validate_event
 from models.pipeline import PartitionPipeline, PipelineConfig
@@ -27,6 +28,7 @@ from stream_app.app import (
     resolve_bootstrap,
     settings,
 )
+from stream_app.failures import set_path
 from stream_app.metrics import counters, progressive
 from stream_app.model_store import encode_parts, read_snapshot
 from stream_app.offset_guard import guard_topic
@@ -214,12 +216,18 @@ async def score(stream):
             missed = await by_user_guard.missed(partition, event.message.offset)
             if missed is None:
                 continue  # handled already (delivered twice)
-            for earlier in missed:
-                await score_value(partition, earlier.value, earlier)
-            await by_user_guard.handled(partition)
-            await score_value(partition, event.value, event.message.tp)
+            await handle(event, missed, lambda p=partition: by_user_guard.handled(p), score_one)
+    except Exception as exc:  # outside the handling of one event: stop, commit nothing
+        agent_failed("score", exc)
+        raise
     finally:
         await snapshot_all()
+
+
+async def score_one(message: Any, value: bytes) -> None:
+    """Score one by-user message (a Faust message, or one the offset guard read back)."""
+    set_path(("score", message.partition))  # its failures count with the scoring's
+    await score_value(message.partition, value, message)
 
 
 async def score_value(partition: int, value: bytes, where: object) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import math
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -81,7 +82,10 @@ ERROR_CODES = {
     "bad_context": "context is not a flat object of at most 64 string keys",
     "duplicate_key": "a JSON object has the same key more than once",
     "too_deep": "JSON objects and arrays are nested more than 64 levels deep",
-    "bad_id": "an id contains a control character (U+0000-U+001F, U+007F-U+009F)",
+    "bad_id": (
+        "an id contains a control, format (invisible or direction-changing), line or "
+        "paragraph separator, surrogate, private-use or unassigned character"
+    ),
 }
 
 _REQUIRED = ("user_id", "item_id", "type", "ts")
@@ -219,6 +223,8 @@ def validate_event(obj: Any, *, now: float | None = None) -> Event:
     if etype is None:
         raise InvalidEvent("unknown_type", f"'type' {raw_type[:64]!r} is not a known event type")
     ts = _timestamp(obj["ts"], time.time() if now is None else now)
+    category_id = _optional_id(obj, "category_id")
+    session_id = _optional_id(obj, "session_id")
 
     event_id = obj.get("event_id")
     event_id = _derived_id(obj) if event_id is None else _checked_id(event_id, "event_id")
@@ -252,8 +258,8 @@ def validate_event(obj: Any, *, now: float | None = None) -> Event:
         item_id=item_id,
         type=etype,
         ts=ts,
-        category_id=_optional_id(obj, "category_id"),
-        session_id=_optional_id(obj, "session_id"),
+        category_id=category_id,
+        session_id=session_id,
         query=_optional_string(obj, "query"),
         position=position,
         price=price,
@@ -295,27 +301,64 @@ def _id(obj: dict, name: str) -> str:
         )
     if isinstance(value, int):
         return str(value)
-    if len(value) > MAX_STRING_CHARS:
-        raise InvalidEvent(
-            "string_too_long", f"'{name}' has {len(value)} characters > {MAX_STRING_CHARS}"
-        )
     if not value:
         raise InvalidEvent("out_of_range", f"'{name}' is an empty string")
-    if not value.isprintable() and _CONTROL.search(value):
-        raise InvalidEvent("bad_id", f"'{name}' contains a control character")
-    return value
+    return _checked_id(value, name)
 
 
-# Control characters (C0, DEL, C1) and lone surrogates, which JSON can carry as escapes.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Unicode general categories an id may not contain: control (C0, DEL, C1), format
+#: (zero-width space and joiners, bidirectional overrides and isolates, the byte order
+#: mark, soft hyphen, tag characters...), line and paragraph separators, surrogates,
+#: private use and unassigned code points. Each is invisible, changes the direction of
+#: the text around it, or has no agreed meaning, so two ids that look the same could
+#: otherwise be two users (and would carry the character into keys, logs and features).
+BAD_ID_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def normalize_id(value: str, name: str = "id") -> str:
+    """An id in Unicode normal form NFC, or :class:`InvalidEvent` ``bad_id`` when it
+    contains a character of :data:`BAD_ID_CATEGORIES`.
+
+    A precomposed and a decomposed "é" are the same id:
+
+    >>> normalize_id("caf\u00e9") == normalize_id("cafe\u0301") == "caf\u00e9"
+    True
+    >>> try:
+    ...     normalize_id("user\u200b42", "user_id")
+    ... except InvalidEvent as exc:
+    ...     print(exc.code, exc.detail)
+    bad_id 'user_id' contains U+200B (category Cf), which is not allowed in an id
+    """
+    if value.isascii():  # the usual id: NFC already; only controls can be wrong
+        if value.isprintable():
+            return value
+    elif value.isprintable() and unicodedata.is_normalized("NFC", value):
+        return value  # printable excludes every category above (and other spaces)
+    for char in value:
+        category = unicodedata.category(char)
+        if category in BAD_ID_CATEGORIES:
+            raise InvalidEvent(
+                "bad_id",
+                f"'{name}' contains U+{ord(char):04X} (category {category}), "
+                "which is not allowed in an id",
+            )
+    return unicodedata.normalize("NFC", value)
 
 
 def _checked_id(value: Any, name: str) -> str:
-    """A string id: at most 256 characters, no control characters (they would end up in
-    keys, logs and feature names)."""
-    value = _string(value, name)
-    if not value.isprintable() and _CONTROL.search(value):
-        raise InvalidEvent("bad_id", f"'{name}' contains a control character")
+    """A string id: NFC, at most 256 characters, none of :data:`BAD_ID_CATEGORIES`."""
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"'{name}' must be a string, got {_json_type(value)}")
+    if len(value) > MAX_STRING_CHARS:  # before normalising: bounds the work
+        raise InvalidEvent(
+            "string_too_long", f"'{name}' has {len(value)} characters > {MAX_STRING_CHARS}"
+        )
+    value = normalize_id(value, name)
+    if len(value) > MAX_STRING_CHARS:  # NFC can lengthen a few characters (U+0958...)
+        raise InvalidEvent(
+            "string_too_long",
+            f"'{name}' has {len(value)} characters > {MAX_STRING_CHARS} in NFC",
+        )
     return value
 
 

@@ -32,6 +32,20 @@ main.add_command(replay_cmd, name="replay")
 main.add_command(bench_cli, name="bench")
 
 
+def env_settings():
+    """The settings from the environment; invalid ones end the command with one line per
+    wrong variable (exit code 78)."""
+    from stream_app.config import Settings, SettingsError
+    from stream_app.worker import EXIT_BAD_SETTINGS
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        error = click.ClickException(f"invalid settings: {exc}")
+        error.exit_code = EXIT_BAD_SETTINGS
+        raise error from None
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
@@ -39,6 +53,7 @@ def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
     """Run the Faust worker (extra arguments go to ``faust worker``)."""
     from stream_app.worker import use_uvloop
 
+    env_settings()  # every setting checked before anything connects, creates or joins
     use_uvloop()  # before the app exists
     from stream_app.app import resolve_bootstrap, settings
     from stream_app.broker import metadata_error
@@ -66,12 +81,11 @@ def score(
 ) -> None:
     """Score a file offline with the worker's engine (no Kafka) into JSON lines."""
     from models.pipeline import PipelineConfig
-    from stream_app.config import Settings
     from stream_app.datasets import read_events
     from stream_app.offline import score_events
     from stream_app.replay import infer_format
 
-    settings = Settings.from_env()
+    settings = env_settings()
     config = PipelineConfig.from_settings(
         settings, target_keep_rate=target_rate or settings.target_keep_rate
     )
@@ -106,12 +120,11 @@ def score(
 def demo(limit: int | None, rate: float, keep_running: bool) -> None:
     """Broker, worker and a replay of demo data together."""
     from stream_app.broker import bootstrap_servers
-    from stream_app.config import Settings
     from stream_app.datasets import demo_dataset, read_events
     from stream_app.replay import replay
     from stream_app.topics import ensure_topics
 
-    settings = Settings.from_env()
+    settings = env_settings()
     security = settings.kafka_client_config()
     bootstrap = bootstrap_servers(start_if_needed=True)
     click.echo(f"Kafka broker: {bootstrap}")
@@ -263,15 +276,15 @@ def tail(topic: str, count: int, bootstrap: str | None) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     from stream_app.broker import bootstrap_servers
-    from stream_app.config import Settings
 
+    settings = env_settings()
     bootstrap = bootstrap or bootstrap_servers(start_if_needed=False)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": "importance-tail",
             "enable.auto.commit": False,
-            **Settings.from_env().kafka_client_config(),
+            **settings.kafka_client_config(),
         }
     )
     try:

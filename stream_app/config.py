@@ -1,19 +1,44 @@
-"""Settings, read from environment variables (documented in the README)."""
+"""Settings, read from environment variables (documented in the README) and validated.
+
+:class:`Settings` is a pydantic-settings model: every field says which environment
+variable sets it, its type, its allowed range and what it means (``description``, from
+which the README's configuration table can be generated). :meth:`Settings.from_env`
+reads and checks them all at once and raises :class:`SettingsError`, one line per
+wrong variable naming the variable, the value given (never a secret's) and what is
+allowed; ``importance worker`` shows it and exits before it creates a topic or joins the
+consumer group.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "Settings", "repo_root"]
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
+    "Settings",
+    "SettingsError",
+    "env_name",
+    "repo_root",
+    "unknown_variables",
+]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: fields whose values never appear in an error, a log line or the repr
+SECRET_FIELDS = frozenset({"sasl_password", "api_token", "peer_secret"})
+#: a Kafka topic name (and the app id, which prefixes internal topics and is the group)
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
+#: timers (snapshots, rolling publication) fire at most this often: shorter intervals
+#: only make Faust warn that the timer overlaps itself, many times a second
+MIN_TIMER_INTERVAL_S = 0.1
 
 
 def repo_root() -> Path | None:
@@ -28,89 +53,365 @@ def _default_data_dir() -> str:
     return str(base / "worker")
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value
+class SettingsError(ValueError):
+    """Invalid settings: one line per problem, naming the variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
-def _number(name: str, default: float, kind: type = float) -> Any:
-    """A numeric variable; a value that is not a number names the variable."""
-    raw = _env(name, str(default))
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number") from None
+def _var(
+    env: str,
+    default: Any,
+    description: str,
+    allowed: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """A settings field set by the environment variable ``env``."""
+    extra = {"env": env, **({"allowed": allowed} if allowed else {})}
+    factory = default if callable(default) else None
+    return Field(
+        **({"default_factory": factory} if factory else {"default": default}),
+        validation_alias=AliasChoices(env),
+        description=description,
+        json_schema_extra=extra,
+        **constraints,
+    )
 
 
-def _switch(name: str, default: bool = True) -> bool:
-    """An on/off variable: ``0``, ``false``, ``no`` and ``off`` (any case) are off."""
-    return _env(name, str(default)).strip().lower() not in ("0", "false", "no", "off")
+class Settings(BaseSettings):
+    """Every knob of the service; ``Settings.from_env()`` reads them from the environment.
 
+    ``Settings(field=value, ...)`` builds them from field names (environment ignored)."""
 
-@dataclass(frozen=True)
-class Settings:
-    """Every knob of the service; ``Settings.from_env()`` reads them from the environment."""
+    model_config = SettingsConfigDict(
+        frozen=True,
+        populate_by_name=True,
+        extra="forbid",
+        hide_input_in_errors=True,  # a secret's value must never appear in an error
+        case_sensitive=True,
+        env_ignore_empty=True,  # VAR= means "the default", as before
+    )
 
-    bootstrap_servers: str | None = None
-    app_id: str = "importance-stream"
-    topic_events: str = "events"
-    topic_scores: str = "importance-scores"
-    topic_dlq: str = "events-dlq"
-    topic_training: str = "training-samples"
-    topic_rolling: str = "importance-rolling"
-    partitions: int = 4
-    attribution_window_s: float = 1800.0
-    target_keep_rate: float = 0.2
-    snapshot_every: int = 5000
-    snapshot_interval_s: float = 10.0
-    max_pending_per_user: int = 64
-    max_pending_per_partition: int = 200_000
-    #: event-time clock (models/clock.py): an event counts at most as this worker's clock
-    #: plus this many seconds (0 to 86400)
-    clock_max_skew_s: float = 300.0
-    #: the partition's clock is the clock_users-th latest time among its last
-    #: clock_recent_users distinct users (1 <= clock_users <= clock_recent_users <= 1024;
-    #: clock_users=1: the latest event time of the partition, capped)
-    clock_users: int = 32
-    clock_recent_users: int = 128
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    data_dir: str = field(default_factory=_default_data_dir)
-    processing_guarantee: str = "at_least_once"
-    #: exactly_once only: the worker's Kafka transactional id (default: app id, host
-    #: name and web port, stable across restarts of the same worker)
-    transactional_id: str | None = None
-    #: score events already in their user's partition without the re-keying hop
-    score_in_place: bool = True
+    bootstrap_servers: str | None = _var(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        None,
+        "Kafka to use (comma-separated host:port); unset: the local broker",
+        "host:port[,host:port...] with ports 1-65535",
+    )
+    app_id: str = _var(
+        "IMPORTANCE_APP_ID",
+        "importance-stream",
+        "Faust app id = consumer group, prefix of internal topics",
+        "1-200 characters of A-Z a-z 0-9 . _ -",
+        pattern=TOPIC_PATTERN,
+    )
+    topic_events: str = _var(
+        "IMPORTANCE_TOPIC_EVENTS", "events", "input topic", "a Kafka topic name",
+        pattern=TOPIC_PATTERN,
+    )  # fmt: skip
+    topic_scores: str = _var(
+        "IMPORTANCE_TOPIC_SCORES", "importance-scores", "output topic", "a Kafka topic name",
+        pattern=TOPIC_PATTERN,
+    )  # fmt: skip
+    topic_dlq: str = _var(
+        "IMPORTANCE_TOPIC_DLQ", "events-dlq", "dead-letter topic", "a Kafka topic name",
+        pattern=TOPIC_PATTERN,
+    )  # fmt: skip
+    topic_training: str = _var(
+        "IMPORTANCE_TOPIC_TRAINING", "training-samples", "kept events with labels",
+        "a Kafka topic name", pattern=TOPIC_PATTERN,
+    )  # fmt: skip
+    topic_rolling: str = _var(
+        "IMPORTANCE_TOPIC_ROLLING", "importance-rolling",
+        "rolling importance per item, category and user", "a Kafka topic name",
+        pattern=TOPIC_PATTERN,
+    )  # fmt: skip
+    partitions: int = _var(
+        "IMPORTANCE_PARTITIONS",
+        4,
+        "partitions of the topics the service creates (and of its state)",
+        "an integer from 1 to 10000",
+        ge=1,
+        le=10_000,
+    )
+    attribution_window_s: float = _var(
+        "IMPORTANCE_ATTRIBUTION_WINDOW_S",
+        1800.0,
+        "attribution window (event time, seconds)",
+        "a finite number of seconds > 0",
+        gt=0.0,
+        allow_inf_nan=False,
+    )
+    target_keep_rate: float = _var(
+        "IMPORTANCE_TARGET_KEEP_RATE",
+        0.2,
+        "target fraction of events kept",
+        "a number > 0 and <= 1",
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+    )
+    snapshot_every: int = _var(
+        "IMPORTANCE_SNAPSHOT_EVERY",
+        5000,
+        "events per partition between model snapshots",
+        "an integer >= 1",
+        ge=1,
+    )
+    snapshot_interval_s: float = _var(
+        "IMPORTANCE_SNAPSHOT_INTERVAL_S",
+        10.0,
+        "seconds between model snapshots",
+        f"a finite number of seconds >= {MIN_TIMER_INTERVAL_S:g}",
+        ge=MIN_TIMER_INTERVAL_S,
+        allow_inf_nan=False,
+    )
+    max_pending_per_user: int = _var(
+        "IMPORTANCE_MAX_PENDING_PER_USER",
+        64,
+        "pending exposures per user",
+        "an integer >= 1",
+        ge=1,
+    )
+    max_pending_per_partition: int = _var(
+        "IMPORTANCE_MAX_PENDING_PER_PARTITION",
+        200_000,
+        "pending exposures per partition",
+        "an integer >= 1",
+        ge=1,
+    )
+    clock_max_skew_s: float = _var(
+        "IMPORTANCE_CLOCK_MAX_SKEW_S",
+        300.0,
+        "event-time clock (models/clock.py): an event counts at most as this worker's clock "
+        "plus this many seconds",
+        "a finite number of seconds from 0 to 86400",
+        ge=0.0,
+        le=86400.0,
+        allow_inf_nan=False,
+    )
+    clock_users: int = _var(
+        "IMPORTANCE_CLOCK_USERS",
+        32,
+        "the partition's clock is the clock_users-th latest time among its last "
+        "clock_recent_users distinct users (1: the latest event time of the partition, capped)",
+        "an integer from 1 to IMPORTANCE_CLOCK_RECENT_USERS",
+        ge=1,
+        le=1024,
+    )
+    clock_recent_users: int = _var(
+        "IMPORTANCE_CLOCK_RECENT_USERS",
+        128,
+        "how many of the partition's most recent distinct users the clock looks at",
+        "an integer from IMPORTANCE_CLOCK_USERS to 1024",
+        ge=1,
+        le=1024,
+    )
+    max_consecutive_failures: int = _var(
+        "IMPORTANCE_MAX_CONSECUTIVE_FAILURES",
+        10,
+        "events of one partition whose processing raises in a row before the worker stops "
+        "(exit code 70) instead of dead-lettering them as processing_failed",
+        "an integer >= 1",
+        ge=1,
+    )
+    web_host: str = _var(
+        "IMPORTANCE_WEB_HOST", "127.0.0.1", "the worker's web server address",
+        "a host name or IP address", min_length=1,
+    )  # fmt: skip
+    web_port: int = _var(
+        "IMPORTANCE_WEB_PORT", 6066, "the worker's web server port", "an integer from 1 to 65535",
+        ge=1, le=65535,
+    )  # fmt: skip
+    data_dir: str = _var(
+        "IMPORTANCE_DATA_DIR",
+        _default_data_dir,
+        "the worker's local data",
+        "a directory path",
+        min_length=1,
+    )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = _var(
+        "IMPORTANCE_PROCESSING_GUARANTEE",
+        "at_least_once",
+        "at_least_once, or exactly_once: outputs, table changelogs, snapshots and input "
+        "offsets committed together in Kafka transactions",
+        "at_least_once or exactly_once",
+    )
+    transactional_id: str | None = _var(
+        "IMPORTANCE_TRANSACTIONAL_ID",
+        None,
+        "exactly_once only: the worker's Kafka transactional id (default: app id, host "
+        "name and web port, stable across restarts of the same worker)",
+    )
+    score_in_place: bool = _var(
+        "IMPORTANCE_SCORE_IN_PLACE",
+        True,
+        "score events already in their user's partition without the re-keying hop",
+        "true/false, 1/0, yes/no, on/off",
+    )
     # Kafka client security (every client: Faust, admin, producers, consumers).
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    #: keep rolling importance per item, category and user (tables, topic, top lists)
-    rolling_enabled: bool = True
-    rolling_windows: str = "5m,1h"
-    rolling_step_s: float = 60.0
-    rolling_publish_s: float = 2.0
-    api_token: str | None = field(default=None, repr=False)
-    # The web server's limits (stream_app/web/server.py).
-    #: (0, 3600] s: a connection on which no complete request arrives for this long (idle
-    #: keep-alive, or request headers or an unread body trickled in) is closed
-    web_idle_timeout_s: float = 15.0
-    #: [1, 65536]: open HTTP connections; past it the least recently used idle one is
-    #: closed (also lowered to the file-descriptor limit minus 256 at start)
-    web_max_connections: int = 512
-    #: [1, 65535]: listen backlog of the web socket (the kernel caps it at somaxconn)
-    web_backlog: int = 1024
-    #: the URL other workers of the group use to reach this one (default
-    #: http://<web_host>:<web_port>); http(s)://host:port, nothing else
-    web_advertised_url: str | None = None
-    #: >= 16 characters, not the API token: the secret the workers of a group sign their
-    #: requests to each other and their answers with (HMAC-SHA256)
-    peer_secret: str | None = field(default=None, repr=False)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _var(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "security protocol of every Kafka client",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    sasl_mechanism: str | None = _var(
+        "KAFKA_SASL_MECHANISM",
+        None,
+        "SASL mechanism (SASL protocols; default PLAIN)",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+    )
+    sasl_username: str | None = _var("KAFKA_SASL_USERNAME", None, "SASL user name")
+    sasl_password: str | None = Field(
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("KAFKA_SASL_PASSWORD"),
+        description="SASL password (never shown)",
+        json_schema_extra={"env": "KAFKA_SASL_PASSWORD", "secret": True},
+    )
+    ssl_cafile: str | None = _var(
+        "KAFKA_SSL_CAFILE", None, "PEM file of the CA(s) that signed the brokers' certificates"
+    )
+    ssl_certfile: str | None = _var(
+        "KAFKA_SSL_CERTFILE", None, "client certificate (PEM) for mutual TLS"
+    )
+    ssl_keyfile: str | None = _var(
+        "KAFKA_SSL_KEYFILE", None, "client private key (PEM, unencrypted) for mutual TLS"
+    )
+    rolling_enabled: bool = _var(
+        "IMPORTANCE_ROLLING",
+        True,
+        "keep rolling importance per item, category and user (tables, topic, top lists)",
+        "true/false, 1/0, yes/no, on/off",
+    )
+    rolling_windows: str = _var(
+        "IMPORTANCE_ROLLING_WINDOWS",
+        "5m,1h",
+        "rolling window sizes",
+        "comma-separated durations (30s, 5m, 1h, 1d), each a multiple of the step",
+    )
+    rolling_step_s: float = _var(
+        "IMPORTANCE_ROLLING_STEP_S",
+        60.0,
+        "how far rolling windows advance (the pane size), seconds",
+        "a finite number of seconds >= 1",
+        ge=1.0,
+        allow_inf_nan=False,
+    )
+    rolling_publish_s: float = _var(
+        "IMPORTANCE_ROLLING_PUBLISH_S",
+        2.0,
+        "seconds between publications of changed entities to the rolling topic",
+        f"a finite number of seconds >= {MIN_TIMER_INTERVAL_S:g}",
+        ge=MIN_TIMER_INTERVAL_S,
+        allow_inf_nan=False,
+    )
+    api_token: str | None = Field(
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("IMPORTANCE_API_TOKEN"),
+        description="bearer token the API, /metrics and the dashboard require (never shown)",
+        json_schema_extra={"env": "IMPORTANCE_API_TOKEN", "secret": True},
+    )
+
+    # The web server's limits (stream_app/web/server.py) and the group's peers.
+    web_idle_timeout_s: float = _var(
+        "IMPORTANCE_WEB_IDLE_TIMEOUT_S",
+        15.0,
+        "a connection on which no complete request arrives for this long (idle keep-alive, "
+        "or request headers or an unread body trickled in) is closed",
+        "a finite number of seconds > 0 and <= 3600",
+        gt=0.0,
+        le=3600.0,
+        allow_inf_nan=False,
+    )
+    web_max_connections: int = _var(
+        "IMPORTANCE_WEB_MAX_CONNECTIONS",
+        512,
+        "open HTTP connections; past it the least recently used idle one is closed (also "
+        "lowered to the file-descriptor limit minus 256 at start)",
+        "an integer from 1 to 65536",
+        ge=1,
+        le=65536,
+    )
+    web_backlog: int = _var(
+        "IMPORTANCE_WEB_BACKLOG",
+        1024,
+        "listen backlog of the web socket (the kernel caps it at somaxconn)",
+        "an integer from 1 to 65535",
+        ge=1,
+        le=65535,
+    )
+    web_advertised_url: str | None = _var(
+        "IMPORTANCE_WEB_ADVERTISED_URL",
+        None,
+        "the URL other workers of the group use to reach this one (default "
+        "http://<web host>:<web port>)",
+        "http(s)://host:port, without path, query or credentials",
+    )
+    peer_secret: str | None = Field(
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("IMPORTANCE_PEER_SECRET"),
+        description="the secret the workers of a group sign their requests to each other and "
+        "their answers with (HMAC-SHA256; never shown)",
+        json_schema_extra={
+            "env": "IMPORTANCE_PEER_SECRET",
+            "secret": True,
+            "allowed": "at least 16 characters, not the API token",
+        },
+    )
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args: Any, **kwargs: Any):
+        """Only what is passed in: the environment is read by :meth:`from_env`."""
+        return (init_settings,)
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{server.strip()!r} is not host:port with a port 1-65535")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        from models.rolling import parse_windows
+
+        try:
+            parse_windows(self.rolling_windows, self.rolling_step_s)
+        except ValueError as exc:
+            raise ValueError(
+                f"IMPORTANCE_ROLLING_WINDOWS={self.rolling_windows!r}: {exc} "
+                f"(IMPORTANCE_ROLLING_STEP_S={self.rolling_step_s:g}); allowed: "
+                "comma-separated durations (30s, 5m, 1h, 1d), each a multiple of the step"
+            ) from None
+        if self.clock_users > self.clock_recent_users:
+            raise ValueError(
+                f"IMPORTANCE_CLOCK_USERS={self.clock_users} is more than "
+                f"IMPORTANCE_CLOCK_RECENT_USERS={self.clock_recent_users}; allowed: "
+                "IMPORTANCE_CLOCK_USERS <= IMPORTANCE_CLOCK_RECENT_USERS"
+            )
+        self._check_security()
+        self._check_web()
+        return self
 
     @property
     def topic_by_user(self) -> str:
@@ -137,17 +438,6 @@ class Settings:
         return (self.web_advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
     def _check_web(self) -> None:
-        if not (math.isfinite(self.web_idle_timeout_s) and 0 < self.web_idle_timeout_s <= 3600):
-            raise ValueError(
-                f"IMPORTANCE_WEB_IDLE_TIMEOUT_S={self.web_idle_timeout_s!r}: expected seconds "
-                "in (0, 3600]"
-            )
-        if not 1 <= self.web_max_connections <= 65536:
-            raise ValueError(
-                f"IMPORTANCE_WEB_MAX_CONNECTIONS={self.web_max_connections!r}: expected 1 to 65536"
-            )
-        if not 1 <= self.web_backlog <= 65535:
-            raise ValueError(f"IMPORTANCE_WEB_BACKLOG={self.web_backlog!r}: expected 1 to 65535")
         if self.web_advertised_url is not None:
             from urllib.parse import urlsplit
 
@@ -181,19 +471,8 @@ class Settings:
                     "the token; only the workers know the peer secret)"
                 )
 
-    def __post_init__(self) -> None:
-        self._check_web()
-        if self.processing_guarantee not in PROCESSING_GUARANTEES:
-            raise ValueError(
-                f"IMPORTANCE_PROCESSING_GUARANTEE={self.processing_guarantee!r}: expected one of "
-                + ", ".join(PROCESSING_GUARANTEES)
-            )
+    def _check_security(self) -> None:
         protocol = self.security_protocol
-        if protocol not in SECURITY_PROTOCOLS:
-            raise ValueError(
-                f"KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of "
-                + ", ".join(SECURITY_PROTOCOLS)
-            )
         sasl = protocol.startswith("SASL_")
         if sasl:
             if self.sasl_mechanism not in (None, *SASL_MECHANISMS):
@@ -265,63 +544,84 @@ class Settings:
         )
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Read settings from ``KAFKA_BOOTSTRAP_SERVERS`` and ``IMPORTANCE_*`` variables."""
-        return cls(
-            bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-            app_id=_env("IMPORTANCE_APP_ID", cls.app_id),
-            topic_events=_env("IMPORTANCE_TOPIC_EVENTS", cls.topic_events),
-            topic_scores=_env("IMPORTANCE_TOPIC_SCORES", cls.topic_scores),
-            topic_dlq=_env("IMPORTANCE_TOPIC_DLQ", cls.topic_dlq),
-            topic_training=_env("IMPORTANCE_TOPIC_TRAINING", cls.topic_training),
-            topic_rolling=_env("IMPORTANCE_TOPIC_ROLLING", cls.topic_rolling),
-            partitions=int(_env("IMPORTANCE_PARTITIONS", str(cls.partitions))),
-            attribution_window_s=float(
-                _env("IMPORTANCE_ATTRIBUTION_WINDOW_S", str(cls.attribution_window_s))
-            ),
-            target_keep_rate=float(_env("IMPORTANCE_TARGET_KEEP_RATE", str(cls.target_keep_rate))),
-            snapshot_every=int(_env("IMPORTANCE_SNAPSHOT_EVERY", str(cls.snapshot_every))),
-            snapshot_interval_s=float(
-                _env("IMPORTANCE_SNAPSHOT_INTERVAL_S", str(cls.snapshot_interval_s))
-            ),
-            max_pending_per_user=int(
-                _env("IMPORTANCE_MAX_PENDING_PER_USER", str(cls.max_pending_per_user))
-            ),
-            max_pending_per_partition=int(
-                _env("IMPORTANCE_MAX_PENDING_PER_PARTITION", str(cls.max_pending_per_partition))
-            ),
-            clock_max_skew_s=float(_env("IMPORTANCE_CLOCK_MAX_SKEW_S", str(cls.clock_max_skew_s))),
-            clock_users=int(_env("IMPORTANCE_CLOCK_USERS", str(cls.clock_users))),
-            clock_recent_users=int(
-                _env("IMPORTANCE_CLOCK_RECENT_USERS", str(cls.clock_recent_users))
-            ),
-            web_host=_env("IMPORTANCE_WEB_HOST", cls.web_host),
-            web_port=int(_env("IMPORTANCE_WEB_PORT", str(cls.web_port))),
-            data_dir=_env("IMPORTANCE_DATA_DIR", _default_data_dir()),
-            processing_guarantee=_env(
-                "IMPORTANCE_PROCESSING_GUARANTEE", cls.processing_guarantee
-            ).lower(),
-            transactional_id=os.environ.get("IMPORTANCE_TRANSACTIONAL_ID") or None,
-            score_in_place=_switch("IMPORTANCE_SCORE_IN_PLACE"),
-            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
-            sasl_mechanism=(os.environ.get("KAFKA_SASL_MECHANISM") or "").upper() or None,
-            sasl_username=os.environ.get("KAFKA_SASL_USERNAME") or None,
-            sasl_password=os.environ.get("KAFKA_SASL_PASSWORD") or None,
-            ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE") or None,
-            ssl_certfile=os.environ.get("KAFKA_SSL_CERTFILE") or None,
-            ssl_keyfile=os.environ.get("KAFKA_SSL_KEYFILE") or None,
-            rolling_enabled=_switch("IMPORTANCE_ROLLING"),
-            rolling_windows=_env("IMPORTANCE_ROLLING_WINDOWS", cls.rolling_windows),
-            rolling_step_s=float(_env("IMPORTANCE_ROLLING_STEP_S", str(cls.rolling_step_s))),
-            rolling_publish_s=float(
-                _env("IMPORTANCE_ROLLING_PUBLISH_S", str(cls.rolling_publish_s))
-            ),
-            api_token=os.environ.get("IMPORTANCE_API_TOKEN") or None,
-            web_idle_timeout_s=_number("IMPORTANCE_WEB_IDLE_TIMEOUT_S", cls.web_idle_timeout_s),
-            web_max_connections=_number(
-                "IMPORTANCE_WEB_MAX_CONNECTIONS", cls.web_max_connections, int
-            ),
-            web_backlog=_number("IMPORTANCE_WEB_BACKLOG", cls.web_backlog, int),
-            web_advertised_url=os.environ.get("IMPORTANCE_WEB_ADVERTISED_URL") or None,
-            peer_secret=os.environ.get("IMPORTANCE_PEER_SECRET") or None,
-        )
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read and validate the settings from ``KAFKA_*`` and ``IMPORTANCE_*`` variables
+        (``environ``, else the process environment); :class:`SettingsError` names every
+        wrong variable."""
+        env = dict(os.environ if environ is None else environ)
+        values = _EnvReader(env)()
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(_problems(exc, env)) from None
+
+
+#: IMPORTANCE_* variables read elsewhere (the local broker, the data sets)
+OTHER_VARIABLES = frozenset(
+    {
+        "IMPORTANCE_BROKER_PORT",
+        "IMPORTANCE_BROKER_CONTROLLER_PORT",
+        "IMPORTANCE_KAFKA_VERSION",
+        "IMPORTANCE_KAFKA_DIR",
+        "IMPORTANCE_KAFKA_DATA_DIR",
+        "IMPORTANCE_KAFKA_HEAP",
+        "IMPORTANCE_SHARED_DATA",
+        "IMPORTANCE_CACHE_DIR",
+    }
+)
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``IMPORTANCE_*`` variables that nothing reads (a typo is otherwise ignored)."""
+    env = os.environ if environ is None else environ
+    known = {env_name(name) for name in Settings.model_fields} | OTHER_VARIABLES
+    return sorted(n for n in env if n.startswith("IMPORTANCE_") and n not in known)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    extra = Settings.model_fields[field].json_schema_extra
+    return str(extra["env"]) if isinstance(extra, dict) else field.upper()
+
+
+def _allowed(field: str) -> str | None:
+    extra = Settings.model_fields[field].json_schema_extra
+    return str(extra["allowed"]) if isinstance(extra, dict) and "allowed" in extra else None
+
+
+def _problems(exc: ValidationError, env: dict[str, str]) -> list[str]:
+    """One line per error: the variable, the value given (hidden for secrets), what is
+    allowed."""
+    by_env = {env_name(name): name for name in Settings.model_fields}
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = error.get("loc") or ()
+        message = str(error.get("msg", "invalid"))
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if not loc:  # a check across variables: its message names them
+            problems.append(message)
+            continue
+        field = by_env.get(str(loc[0]), str(loc[0]))
+        if field not in Settings.model_fields:
+            problems.append(f"{loc[0]}: {message}")
+            continue
+        name = env_name(field)
+        value = "<hidden>" if field in SECRET_FIELDS else repr(env.get(name, ""))
+        allowed = _allowed(field)
+        line = f"{name}={value}: {message}"
+        if allowed and allowed.lower() not in message.lower():
+            line += f" (allowed: {allowed})"
+        problems.append(line)
+    return problems
+
+
+class _EnvReader(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping, empty values unset."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._given = env
+        super().__init__(Settings, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> dict[str, str | None]:
+        return {k: v for k, v in self._given.items() if v != ""}

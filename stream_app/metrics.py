@@ -60,6 +60,8 @@ class Health:
     broker_outages: int = 0
     last_outage_s: float | None = None
     checks: int = 0
+    #: why the worker is stopping (a systemic processing failure), None while it is not
+    failed: str | None = None
 
     def as_dict(self) -> dict:
         """A JSON-safe copy."""

@@ -20,6 +20,20 @@ With ``exactly_once`` the same producer is transactional (``transactional_id``):
 worker produces between two commits, together with the offsets it consumed, is committed
 in one Kafka transaction (see :mod:`stream_app.transactions`).
 
+A record whose content Kafka would refuse never stops the worker: :meth:`Output.send`
+compares each record with its topic's message limit (read from the broker at start, see
+:meth:`Output.set_limits`) and, when it is over, produces a compact dead letter in its
+place (``output_too_large``, see :mod:`stream_app.deadletter`). That check is what keeps
+a transaction (``exactly_once``) from failing, since one refused record aborts it; a
+refusal that still comes back in a delivery report ("Message size too large", "invalid
+record": the limits changed since the start) is the fallback, outside transactions:
+the refused record is replaced by its dead letter, which the barrier delivers before the
+commit. Transient errors are retried by librdkafka as before.
+
+After :meth:`Output.refuse` (the worker stops because processing failed), the barrier
+and the transactional commit raise :class:`WorkerFailed`: no offset is committed past
+the events the worker did not finish.
+
 Keyed messages are partitioned with ``murmur2_random``, the Java client's (and Faust's,
 and Kafka Streams') partitioner, so a key lands where those clients would put it.
 """
@@ -27,6 +41,7 @@ and Kafka Streams') partitioner, so a key lands where those clients would put it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
@@ -36,7 +51,15 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-__all__ = ["ChangelogStore", "DeliveryError", "Output", "TransactionError", "partition_for"]
+__all__ = [
+    "CONTENT_ERRORS",
+    "ChangelogStore",
+    "DeliveryError",
+    "Output",
+    "TransactionError",
+    "WorkerFailed",
+    "partition_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +71,27 @@ TRANSACTION_INIT_TIMEOUT_S = 60.0
 TRANSACTION_CALL_TIMEOUT_S = 30.0
 #: messages held while a transaction commits before :meth:`Output.send` waits
 MAX_HELD = 200_000
+#: librdkafka's default batch.size, lowered to the smallest topic limit (see set_limits)
+DEFAULT_BATCH_BYTES = 1_000_000
+
+#: delivery errors caused by the record itself: replaced by a dead letter, not retried
+CONTENT_ERRORS = frozenset(
+    getattr(KafkaError, name)
+    for name in (
+        "MSG_SIZE_TOO_LARGE",  # over the topic's max.message.bytes
+        "_MSG_SIZE_TOO_LARGE",  # over the producer's message.max.bytes
+        "INVALID_RECORD",  # e.g. no key for a compacted topic
+        "INVALID_MSG",  # corrupt message (CRC)
+        "INVALID_MSG_SIZE",
+        "RECORD_LIST_TOO_LARGE",
+    )
+    if hasattr(KafkaError, name)
+)
+
+
+_origin: contextvars.ContextVar[tuple[str, int, int] | None] = contextvars.ContextVar(
+    "output_origin", default=None
+)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -62,6 +106,10 @@ class DeliveryError(RuntimeError):
 
 class TransactionError(RuntimeError):
     """A transaction could not be committed (and was aborted when it could be)."""
+
+
+class WorkerFailed(RuntimeError):
+    """The worker stops because processing failed: nothing may be committed any more."""
 
 
 def _retrying(call: Callable[..., Any], *args: Any, attempts: int = 10) -> Any:
@@ -121,6 +169,59 @@ class Output:
         #: set by the committing thread when it is done (committed or failed)
         self._commit_done = threading.Event()
         self._transaction_lock: asyncio.Lock | None = None
+        #: message limit (bytes) per destination topic, and for any other topic
+        self.limits: dict[str, int] = {}
+        self.default_limit = max_message_bytes
+        #: ``(code, detail, topic, key, value, origin) -> (topic, key, value)``: the dead
+        #: letter replacing a record Kafka would refuse (None: no replacement, a refusal
+        #: is a delivery error)
+        self.replace: Callable[..., tuple[str, bytes | None, bytes]] | None = None
+        #: topics whose records are never replaced (the dead-letter topic itself)
+        self.no_replacement: set[str] = set()
+        #: records replaced by dead letters (over their limit, or refused by Kafka)
+        self.replaced = 0
+        #: records refused in a delivery report: (topic, partition, key, value, reason)
+        self._refused: list[tuple[str, int, bytes | None, bytes | None, str]] = []
+        #: ... and refused again when produced alone: replaced by dead letters
+        self._refused_alone: list[tuple[str, int, bytes | None, bytes | None, str]] = []
+        #: why the worker stops (set by refuse(): nothing is committed any more)
+        self.failed: str | None = None
+        #: offsets of input messages held back per (topic, partition): events whose
+        #: processing failed, not yet judged; the transactional commit stops below them
+        self.held: dict[tuple[str, int], set[int]] = {}
+
+    @property
+    def origin(self) -> tuple[str, int, int] | None:
+        """(topic, partition, offset) of the input message being processed, if any (per
+        asyncio task: the agents interleave)."""
+        return _origin.get()
+
+    @origin.setter
+    def origin(self, value: tuple[str, int, int] | None) -> None:
+        _origin.set(value)
+
+    def set_limits(self, limits: dict[str, int], default: int) -> None:
+        """Each destination topic's message limit (its ``max.message.bytes``; ``default``,
+        the broker's ``message.max.bytes``, for the others), read at start. Records over
+        their topic's limit are replaced by dead letters; batches are kept under the
+        smallest limit (librdkafka does not split a batch the broker refuses)."""
+        self.limits = dict(limits)
+        self.default_limit = default
+        smallest = min([default, *limits.values()])
+        batch = min(DEFAULT_BATCH_BYTES, smallest - 256 - smallest // 64)
+        self.config["batch.size"] = max(batch, 1024)
+
+    def limit_for(self, topic: str) -> int:
+        """What key + value of a record for ``topic`` must stay under (its limit less
+        Kafka's framing, see :func:`stream_app.deadletter.framing_margin`)."""
+        limit = self.limits.get(topic, self.default_limit)
+        return limit - 256 - limit // 64
+
+    def refuse(self, reason: str) -> None:
+        """From now on the barrier and the transactional commit raise
+        :class:`WorkerFailed` (the worker is stopping because processing failed)."""
+        if self.failed is None:
+            self.failed = reason
 
     @property
     def transaction_lock(self) -> asyncio.Lock:
@@ -151,9 +252,33 @@ class Output:
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             text = f"{msg.topic()}[{msg.partition()}]: {err.str()}"
+            if (
+                err.code() in CONTENT_ERRORS
+                and self.replace is not None
+                and not self.transactional  # the transaction is lost already
+                and msg.topic() not in self.no_replacement
+            ):
+                log.warning("output: record refused, producing it alone again: %s", text)
+                with self._lock:
+                    self._refused.append(
+                        (msg.topic(), msg.partition(), msg.key(), msg.value(), err.str())
+                    )
+                return
             log.error("output: message not delivered: %s", text)
             with self._lock:
                 self._errors.append(text)
+
+    def _on_retry_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        """Delivery report of a refused record produced again alone."""
+        if err is not None and err.code() in CONTENT_ERRORS:
+            text = f"{msg.topic()}[{msg.partition()}]: {err.str()}"
+            log.warning("output: record refused again, replaced by a dead letter: %s", text)
+            with self._lock:
+                self._refused_alone.append(
+                    (msg.topic(), msg.partition(), msg.key(), msg.value(), err.str())
+                )
+        else:
+            self._on_delivery(err, msg)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -171,7 +296,19 @@ class Output:
 
         When librdkafka's queue is full this waits for deliveries (back-pressure). While a
         transaction commits, messages are held and produced into the next transaction
-        (they belong to events whose offsets the committing transaction does not hold)."""
+        (they belong to events whose offsets the committing transaction does not hold).
+
+        A record over its topic's limit is replaced by a dead letter (when a replacement
+        is configured)."""
+        size = (len(value) if value else 0) + (len(key) if key else 0)
+        if size > self.limit_for(topic) and self.replace is not None:
+            detail = f"record for {topic} is {size} bytes > {self.limit_for(topic)}"
+            topic, key, value = self.replace(
+                "output_too_large", detail, topic, key, value, self.origin
+            )
+            partition = -1
+            self.replaced += 1
+            log.warning("output: %s; replaced by a dead letter on %s", detail, topic)
         if self._held is not None:
             self._held.append((topic, value, key, partition))
             if len(self._held) >= MAX_HELD:  # back-pressure: wait for the commit to end
@@ -218,20 +355,53 @@ class Output:
             raise DeliveryError(f"could not deliver to Kafka: {errors[0]}{more}")
 
     def flush_sync(self, timeout: float | None = None) -> None:
-        """Wait until every queued message is delivered (or failed), then report failures."""
+        """Wait until every queued message is delivered (or failed), then report failures.
+
+        Records Kafka refused because of their content are replaced by their dead letters,
+        which are delivered before this returns."""
         if self._producer is None:
             return
-        remaining = self._producer.flush() if timeout is None else self._producer.flush(timeout)
+        for _ in range(4):  # refused records, alone again, their dead letters
+            remaining = self._producer.flush() if timeout is None else self._producer.flush(timeout)
+            if not self._produce_replacements():
+                break
         self.raise_for_errors()
         if remaining:
             raise DeliveryError(f"{remaining} messages still undelivered after {timeout} s")
 
+    def _produce_replacements(self) -> int:
+        """Deal with the records refused since the last call: each is produced again
+        alone (the broker refuses a whole batch when one record in it is too large, or
+        the batch itself is); one refused again is replaced by its dead letter."""
+        producer = self.producer
+        with self._lock:
+            refused, self._refused = self._refused, []
+            alone, self._refused_alone = self._refused_alone, []
+        for topic, partition, key, value, _reason in refused:
+            producer.produce(topic, value, key, partition, on_delivery=self._on_retry_delivery)
+            producer.flush(TRANSACTION_CALL_TIMEOUT_S)
+        for topic, _partition, key, value, reason in alone:
+            assert self.replace is not None
+            code = "output_too_large" if "too large" in reason.lower() else "output_rejected"
+            detail = f"Kafka refused a {len(value or b'')}-byte record for {topic}: {reason}"
+            dlq, dkey, dvalue = self.replace(code, detail, topic, key, value, None)
+            self._produce(producer, dlq, dvalue, dkey, -1)
+            self.replaced += 1
+        return len(refused) + len(alone)
+
     async def flush(self) -> None:
-        """:meth:`flush_sync` without blocking the event loop."""
-        if self._producer is None or len(self._producer) == 0:
+        """:meth:`flush_sync` without blocking the event loop; raises
+        :class:`WorkerFailed` after :meth:`refuse`."""
+        if self.failed is not None:
+            raise WorkerFailed(f"not committing: {self.failed}")
+        if (self._producer is None or len(self._producer) == 0) and not (
+            self._refused or self._refused_alone
+        ):
             self.raise_for_errors()
             return
         await asyncio.get_running_loop().run_in_executor(None, self.flush_sync)
+        if self.failed is not None:
+            raise WorkerFailed(f"not committing: {self.failed}")
 
     # -- transactions (exactly_once) ----------------------------------------------------
     def commit_transaction_sync(
@@ -244,6 +414,8 @@ class Output:
         is aborted and :class:`TransactionError` raised: the events behind it were already
         applied to the worker's in-memory state, so the worker must restart from the
         committed offsets."""
+        if self.failed is not None:
+            raise WorkerFailed(f"not committing: {self.failed}")
         producer = self.producer
         try:
             if offsets:

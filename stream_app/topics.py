@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stream_app.config import Settings
 
-__all__ = ["MODEL_STATE_MAX_BYTES", "ensure_topics", "model_state_topic", "partition_counts"]
+__all__ = [
+    "MODEL_STATE_MAX_BYTES",
+    "ensure_topics",
+    "model_state_topic",
+    "partition_counts",
+    "topic_limits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +91,44 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
                 raise
     log.info("created topics: %s", ", ".join(created))
     return created
+
+
+#: Kafka's default message limit (``message.max.bytes``), when the broker does not say
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+def topic_limits(
+    settings: Settings, bootstrap: str, topics: list[str], timeout: float = 30.0
+) -> tuple[dict[str, int], int]:
+    """The message limit of each of ``topics`` (its ``max.message.bytes``), and the
+    broker's ``message.max.bytes`` (the limit of topics created later, e.g. Faust's
+    changelogs), read with the admin API at start rather than assumed."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_client_config()})
+    metadata = admin.list_topics(timeout=timeout)
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+    broker_ids = sorted(metadata.brokers)
+    if broker_ids:
+        resources.append(ConfigResource(ConfigResource.Type.BROKER, str(broker_ids[0])))
+    limits: dict[str, int] = {}
+    broker_limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    for resource, future in admin.describe_configs(resources).items():
+        try:
+            configs = future.result(timeout)
+        except Exception as exc:  # e.g. no DescribeConfigs permission: assume the default
+            log.warning(
+                "cannot read the message limit of %s %s (%s); assuming %d bytes",
+                resource.restype.name.lower(),
+                resource.name,
+                exc,
+                KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+            )
+            continue
+        if resource.restype == ConfigResource.Type.BROKER:
+            entry = configs.get("message.max.bytes")
+            if entry is not None and entry.value:
+                broker_limit = int(entry.value)
+        else:
+            entry = configs.get("max.message.bytes")
+            if entry is not None and entry.value:
+                limits[resource.name] = int(entry.value)
+    return limits, broker_limit

@@ -191,10 +191,12 @@ class ExactlyOnce:
         """Replaces Faust's ``Consumer._commit_tps``: commit the acknowledged offsets of
         ``tps`` in the output producer's transaction."""
         async with self.output.transaction_lock:
+            if self.output.failed is not None:
+                return False  # stopping after a processing failure: commit nothing
             consumer = self.app.consumer
             # from here to output.hold() nothing awaits: no agent runs in between, so the
             # transaction holds exactly the outputs of the events whose offsets it commits
-            offsets = handled_offsets(consumer, tps)
+            offsets = handled_offsets(consumer, tps, self.output.held)
             if self.before_commit is not None:
                 self.before_commit()
             if not offsets and not self.output.in_transaction:
@@ -236,9 +238,15 @@ class ExactlyOnce:
         self.app.task(announce)
 
 
-def handled_offsets(consumer: Any, tps: Iterable[Any]) -> dict[Any, int]:
+def handled_offsets(
+    consumer: Any, tps: Iterable[Any], held: Mapping[Any, set[int]] | None = None
+) -> dict[Any, int]:
     """Per assigned partition with new acknowledgements, the offset after the highest
     acknowledged one; Faust's bookkeeping of those acknowledgements is cleared.
+
+    ``held`` (``Output.held``): offsets of messages held back per partition (an event
+    whose processing failed, not yet judged): the partition is committed up to the
+    lowest of them at most, and its acknowledgements are kept for a later commit.
 
     Each agent handles a partition's messages one after the other, in offset order, and
     the offset guard hands it the messages Faust skipped before the next one: once an
@@ -255,6 +263,12 @@ def handled_offsets(consumer: Any, tps: Iterable[Any]) -> dict[Any, int]:
         if not acked:
             continue
         top = max(acked) + 1
+        hold = held.get((tp.topic, tp.partition)) if held else None
+        if hold and min(hold) < top:
+            committed = consumer._committed_offset.get(tp)
+            if tp in assignment and (committed is None or min(hold) > committed):
+                offsets[tp] = min(hold)
+            continue
         acked.clear()
         consumer._acked_index[tp].clear()
         gaps = consumer._gap.get(tp)

@@ -5,22 +5,80 @@ from __future__ import annotations
 import gc
 import sys
 
-__all__ = ["run_worker", "tune_gc", "use_uvloop"]
+__all__ = [
+    "EXIT_BAD_SETTINGS",
+    "check_settings",
+    "configure_limits",
+    "run_worker",
+    "tune_gc",
+    "use_uvloop",
+]
+
+#: exit code of a worker whose settings are invalid (EX_CONFIG)
+EXIT_BAD_SETTINGS = 78
+
+
+def check_settings() -> None:
+    """Validate every setting before anything else; on a bad one print one line per
+    wrong variable and exit with :data:`EXIT_BAD_SETTINGS` (no topic created, no group
+    joined)."""
+    from stream_app.config import Settings, SettingsError, unknown_variables
+
+    try:
+        Settings.from_env()
+    except SettingsError as exc:
+        print(f"importance worker: invalid settings: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+    unknown = unknown_variables()
+    if unknown:
+        print(
+            f"importance worker: warning: unknown variables ignored: {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+
+
+def configure_limits(settings, bootstrap: str, output, dead_letters) -> None:
+    """Read the message limits of the topics the worker writes (``max.message.bytes``)
+    and the broker's ``message.max.bytes``: records over them are replaced by dead
+    letters, and dead letters are cut to fit the dead-letter topic."""
+    from stream_app.topics import MODEL_STATE_MAX_BYTES, model_state_topic, topic_limits
+
+    topics = [
+        settings.topic_scores,
+        settings.topic_training,
+        settings.topic_dlq,
+        settings.topic_rolling,
+        settings.topic_by_user,
+        model_state_topic(settings),
+    ]
+    limits, broker_limit = topic_limits(settings, bootstrap, topics)
+    output.set_limits(limits, broker_limit)
+    dlq = min(limits.get(settings.topic_dlq, broker_limit), MODEL_STATE_MAX_BYTES)
+    try:
+        dead_letters.set_limit(dlq)
+    except ValueError as exc:
+        print(f"importance worker: {settings.topic_dlq}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
 
 
 def run_worker(argv: list[str] | None = None) -> None:
-    """Create the topics, register the agents and hand over to Faust's worker command."""
+    """Validate the settings, create the topics, read their limits, register the agents
+    and hand over to Faust's worker command."""
+    check_settings()
     use_uvloop()
-    from stream_app.app import app, resolve_bootstrap, settings
+    from stream_app.app import app, output, resolve_bootstrap, settings
     from stream_app.topics import ensure_topics
 
-    ensure_topics(settings, resolve_bootstrap(settings))
+    bootstrap = resolve_bootstrap(settings)
+    ensure_topics(settings, bootstrap)
+    import agents.failures
+
+    configure_limits(settings, bootstrap, output, agents.failures.dead_letters)
     import agents.decode
     import agents.health
     import agents.rolling
     import agents.score
     import stream_app.web.api  # noqa: F401
-    from stream_app.app import output
 
     if settings.exactly_once:
         # offsets are committed in the output producer's transactions

@@ -5,11 +5,14 @@ integration test (``tests/integration/test_hostile.py``: through a real worker, 
 message must end in ``events-dlq`` with its code while the valid events around it are
 scored). Payloads are raw bytes (``None`` is a Kafka null value); one is over 1 MB, so
 the input topic needs a larger ``max.message.bytes`` (:data:`MAX_PAYLOAD_BYTES`).
+:data:`HOSTILE_KEYED` adds messages whose key is hostile as well (982,652 bytes: the
+poison message of issue 9); :data:`LOOKALIKE_VALID` valid events whose ids are not NFC.
 """
 
 from __future__ import annotations
 
 import pickle
+import random
 
 import orjson
 
@@ -125,4 +128,44 @@ HOSTILE: list[tuple[str, bytes | None, str]] = [
     ("ts-long-string", event(ts="2023-11-14T22:13:20" + " " * 100), "bad_timestamp"),
     ("context-nested", event(context={"a": {"b": 1}}), "bad_context"),
     ("context-65-keys", event(context={f"k{i}": i for i in range(65)}), "bad_context"),
+]
+
+# --- ids that look alike (invisible, format or direction-changing characters): bad_id
+HOSTILE += [
+    ("zero-width-space-in-user-id", with_field(b"user_id", b'"u\\u200b1"'), "bad_id"),
+    ("raw-zero-width-space-user-id", with_field(b"user_id", '"u\u200b1"'.encode()), "bad_id"),
+    ("rtl-override-in-item-id", with_field(b"item_id", b'"gpj.\\u202eexe"'), "bad_id"),
+    ("bom-inside-user-id", with_field(b"user_id", b'"u\\ufeff1"'), "bad_id"),
+    ("line-separator-in-item-id", with_field(b"item_id", b'"a\\u2028b"'), "bad_id"),
+    ("paragraph-separator-user-id", with_field(b"user_id", b'"a\\u2029b"'), "bad_id"),
+    (
+        "tag-characters-in-user-id",
+        with_field(b"user_id", b'"u\\udb40\\udc41\\udb40\\udc7f"'),
+        "bad_id",
+    ),
+    ("soft-hyphen-in-event-id", raw_event(b'"event_id": "e\\u00ad1"'), "bad_id"),
+    ("private-use-in-session-id", raw_event(b'"session_id": "s\\ue000"'), "bad_id"),
+    ("noncharacter-in-category-id", raw_event(b'"category_id": "c\\uffff"'), "bad_id"),
+    ("bidi-isolate-in-item-id", with_field(b"item_id", b'"a\\u2066b\\u2069"'), "bad_id"),
+]
+
+#: Valid events whose ids are not in NFC, with the user id the worker must give them:
+#: a precomposed and a decomposed "é" are one user. (name, raw payload, NFC user id)
+LOOKALIKE_VALID: list[tuple[str, bytes, str]] = [
+    ("precomposed-e-acute", with_field(b"user_id", b'"ren\\u00e9"'), "ren\u00e9"),
+    ("decomposed-e-acute", with_field(b"user_id", b'"rene\\u0301"'), "ren\u00e9"),
+    ("raw-decomposed-e-acute", with_field(b"user_id", '"rene\u0301"'.encode()), "ren\u00e9"),
+]
+
+_rng = random.Random(982_652)
+#: the poison message of issue 9: its dead letter (key + value in base64) was over 1 MB
+POISON_KEY = _rng.randbytes(982_652)
+POISON_VALUE = _rng.randbytes(65_536)
+
+#: Messages whose key is hostile too: (name, key, value, expected code or None when the
+#: event is valid and must be scored). The dead letter's key is the message's key, cut.
+HOSTILE_KEYED: list[tuple[str, bytes, bytes, str | None]] = [
+    ("huge-key-random-value", POISON_KEY, POISON_VALUE, "bad_encoding"),
+    ("huge-key-huge-value", _rng.randbytes(500_000), b"\x01" * 500_000, "too_large"),
+    ("huge-key-valid-event", _rng.randbytes(900_000), event(event_id="keyed-valid-1"), None),
 ]

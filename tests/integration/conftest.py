@@ -59,14 +59,16 @@ class WorkerHandle:
     log_path: Path
     proc: subprocess.Popen | None = None
     starts: int = field(default=0)
+    #: the module run as the worker (tests.integration.failing_worker injects failures)
+    module: str = "stream_app.worker"
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 90.0, module: str | None = None) -> None:
         """Start the worker and wait until Faust says it is ready."""
         self.starts += 1
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream_app.worker", "worker", "--loglevel", "info"],
+                [sys.executable, "-m", module or self.module, "worker", "--loglevel", "info"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -92,3 +92,84 @@ def test_failed_delivery_stops_the_commit(bootstrap):
     output.send(topic, b'{"small": 1}', b"k")
     asyncio.run(app.producer.flush())
     assert faust_producer.flushed == 1
+
+
+def replacement_to(dlq: str, calls: list):
+    def replace(code, detail, topic, key, value, origin):
+        calls.append((code, topic, len(value or b""), origin))
+        return dlq, key, b'{"error": "%s", "destination": "%s"}' % (code.encode(), topic.encode())
+
+    return replace
+
+
+def test_record_refused_in_a_delivery_report_is_replaced_not_fatal(bootstrap):
+    """Outside transactions, a record the broker refuses because of its content ("Message
+    size too large": the limit was not known, or lowered since the start) is replaced by
+    its dead letter, delivered before the barrier lets Faust commit; the worker goes on."""
+    topic = make_topic(bootstrap, partitions=1, **{"max.message.bytes": "2000"})
+    dlq = make_topic(bootstrap, partitions=1)
+    output = Output(bootstrap)
+    calls: list = []
+    output.replace = replacement_to(dlq, calls)
+    output.no_replacement = {dlq}
+    app = FakeApp()
+    output.install_barrier(app)
+    output.send(topic, os.urandom(10_000), b"k")  # not known to be over: produced
+    output.send(topic, b'{"small": 1}', b"k")
+    asyncio.run(app.producer.flush())  # no DeliveryError
+    assert app.producer.flushed == 1
+    assert [c[0] for c in calls] == ["output_too_large"] and calls[0][1:3] == (topic, 10_000)
+    letters = consume_all(bootstrap, dlq, until=lambda recs: len(recs) >= 1, timeout=30)
+    assert letters[0]["destination"] == topic
+    kept = consume_all(bootstrap, topic, until=lambda recs: len(recs) >= 1, timeout=30)
+    assert [r["small"] for r in kept] == [1]
+
+
+def test_record_over_a_known_limit_is_replaced_before_it_is_produced(bootstrap):
+    """With the limits read at start, an oversize record never reaches librdkafka (with
+    exactly_once, one refused record would abort the whole transaction)."""
+    topic = make_topic(bootstrap, partitions=1, **{"max.message.bytes": "4096"})
+    dlq = make_topic(bootstrap, partitions=1)
+    output = Output(bootstrap, transactional_id=f"test-{uuid.uuid4().hex[:8]}")
+    calls: list = []
+    output.replace = replacement_to(dlq, calls)
+    output.set_limits({topic: 4096, dlq: 1_048_588}, 1_048_588)
+    output.origin = ("events", 3, 17)
+    output.send(topic, os.urandom(5_000), b"k")
+    output.send(topic, b'{"small": 2}', b"k")
+    output.commit_transaction_sync()
+    assert calls == [("output_too_large", topic, 5_000, ("events", 3, 17))]
+    assert output.replaced == 1
+    kept = consume_all(bootstrap, topic, until=lambda recs: len(recs) >= 1, timeout=30)
+    assert [r["small"] for r in kept] == [2]
+
+
+def test_batches_stay_under_the_smallest_topic_limit(bootstrap):
+    """librdkafka batches up to batch.size (1 MB) and does not split a batch the broker
+    refuses: with a 4,096-byte topic, many small records in one linger would all fail.
+    set_limits keeps batches under the smallest limit."""
+    topic = make_topic(bootstrap, partitions=1, **{"max.message.bytes": "4096"})
+    output = Output(bootstrap)
+    output.set_limits({topic: 4096}, 1_048_588)
+    payloads = [os.urandom(300).hex().encode() for _ in range(200)]  # 600 bytes each
+    for payload in payloads:
+        output.send(topic, b'{"p": "%s"}' % payload, b"k")
+    output.flush_sync(60)  # raises DeliveryError if a batch was refused
+    records = consume_all(bootstrap, topic, until=lambda recs: len(recs) >= 200, timeout=60)
+    assert len(records) == 200
+
+
+def test_refused_barrier_commits_nothing(bootstrap):
+    """After refuse() (a systemic processing failure) the barrier raises WorkerFailed
+    before Faust's flush, after which it would commit."""
+    from stream_app.output import WorkerFailed
+
+    output = Output(bootstrap)
+    app = FakeApp()
+    output.install_barrier(app)
+    output.refuse("3 consecutive events failed")
+    with pytest.raises(WorkerFailed, match="consecutive"):
+        asyncio.run(app.producer.flush())
+    assert app.producer.flushed == 0
+    with pytest.raises(WorkerFailed):
+        output.commit_transaction_sync()

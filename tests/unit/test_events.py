@@ -504,3 +504,83 @@ def test_iso_offset_is_applied():
     ev = decode(BASE, ts="2017-11-26 01:00:00+23:59")
     expected = datetime(2017, 11, 26, 1, tzinfo=timezone(timedelta(hours=23, minutes=59)))
     assert ev.ts == expected.timestamp() == TS - (23 * 3600 + 59 * 60)
+
+
+# --------------------------------------------------------------------------------------
+# Ids that look alike: NFC, and no invisible or direction-changing characters
+# --------------------------------------------------------------------------------------
+
+ID_FIELDS = ("user_id", "item_id", "event_id", "category_id", "session_id")
+
+#: (name, character) that no id may contain, one per kind the README names
+BAD_ID_CHARS = [
+    ("zero-width-space", "\u200b"),
+    ("zero-width-joiner", "\u200d"),
+    ("right-to-left-override", "\u202e"),
+    ("left-to-right-isolate", "\u2066"),
+    ("byte-order-mark-inside", "\ufeff"),
+    ("soft-hyphen", "\u00ad"),
+    ("line-separator", "\u2028"),
+    ("paragraph-separator", "\u2029"),
+    ("tag-latin-a", "\U000e0041"),
+    ("tag-cancel", "\U000e007f"),
+    ("private-use", "\ue000"),
+    ("supplementary-private-use", "\U000f0000"),
+    ("unassigned", "\u0378"),
+    ("noncharacter", "\uffff"),
+    ("lone-surrogate", "\ud800"),
+    ("nul", "\x00"),
+    ("delete", "\x7f"),
+    ("c1-next-line", "\x85"),
+]
+
+
+@pytest.mark.parametrize("field", ID_FIELDS)
+@pytest.mark.parametrize(("name", "char"), BAD_ID_CHARS, ids=[b[0] for b in BAD_ID_CHARS])
+def test_invisible_and_direction_characters_make_an_id_bad(field, name, char):
+    with pytest.raises(InvalidEvent) as info:
+        validate_event({**BASE, field: f"ab{char}c"}, now=NOW)
+    assert info.value.code == "bad_id", name
+    assert field in info.value.detail and f"U+{ord(char):04X}" in info.value.detail
+
+
+def test_bad_id_characters_arriving_as_json_escapes_and_as_raw_utf8():
+    escaped = b'{"user_id": "u\\u202e1", "item_id": 2, "type": "view", "ts": 1511658000}'
+    raw = '{"user_id": "u\u200b1", "item_id": 2, "type": "view", "ts": 1511658000}'.encode()
+    tag = b'{"user_id": "u\\udb40\\udc41", "item_id": 2, "type": "view", "ts": 1511658000}'
+    for payload in (escaped, raw, tag):
+        with pytest.raises(InvalidEvent) as info:
+            decode_event(payload, now=NOW)
+        assert info.value.code == "bad_id", payload
+
+
+def test_precomposed_and_decomposed_ids_are_one_id():
+    precomposed = decode(BASE, user_id="caf\u00e9", item_id="\u00c5ngstr\u00f6m")
+    decomposed = decode(BASE, user_id="cafe\u0301", item_id="A\u030angstro\u0308m")
+    assert precomposed.user_id == decomposed.user_id == "caf\u00e9"
+    assert precomposed.item_id == decomposed.item_id == "\u00c5ngstr\u00f6m"
+    # the same for every id field, and the result is stable under a second validation
+    for field in ID_FIELDS:
+        ev = decode(BASE, **{field: "e\u0301t\u00e9"})
+        assert getattr(ev, field) == "\u00e9t\u00e9"
+        assert validate_event(ev.to_dict(), now=NOW) == ev
+
+
+def test_visible_non_ascii_ids_are_kept_as_they_are():
+    for value in ("用户42", "Ωmega", "👍", "👍🏽", "a\u00a0b", "ñandú", "x\u0301"):
+        ev = decode(BASE, user_id=value)
+        assert ev.user_id == value  # already NFC: unchanged
+
+
+def test_nfc_length_is_checked_after_normalising():
+    # U+0958 is excluded from composition: NFC writes it as two characters
+    at_limit = "\u0958" * 128
+    assert decode(BASE, user_id=at_limit).user_id == "\u0915\u093c" * 128
+    with pytest.raises(InvalidEvent) as info:
+        decode(BASE, user_id="\u0958" * 129)
+    assert info.value.code == "string_too_long"
+
+
+def test_query_and_context_values_are_not_ids():
+    ev = decode(BASE, query="caf\u200be", context={"k": "a\u202eb"})
+    assert ev.query == "caf\u200be" and ev.context == {"k": "a\u202eb"}

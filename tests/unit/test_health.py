@@ -104,3 +104,13 @@ print(json.dumps({{"routes": routes, "status": status, "body": body}}))
     # no broker check has run in this process: the broker-aware body says "starting"
     assert result["status"] == 503 and result["body"]["status"] == "starting", result
     assert {"broker_connected", "broker_outages", "checks", "uptime_s"} <= set(result["body"])
+
+
+def test_a_failed_worker_reports_it_until_it_exits(health_module):
+    h = health_module
+    h.record_check(True, now=100.0)
+    assert h.healthz_body()[1] == 200
+    h.health.failed = "5 consecutive events of partition 0 (scoring) failed"
+    body, status = h.healthz_body()
+    assert status == 503 and body["status"] == "failed"
+    assert body["failed"].startswith("5 consecutive events")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.events import ERROR_CODES, MAX_DEPTH, Event, InvalidEvent, decode_event
-from tests.hostile import HOSTILE, MAX_PAYLOAD_BYTES
+from tests.hostile import HOSTILE, HOSTILE_KEYED, MAX_PAYLOAD_BYTES
 
 NOW = 1_700_003_600.0
 
@@ -219,3 +219,18 @@ def test_dead_letter_cut_keeps_a_prefix(head, pad):
     back = _raw_back(record)
     assert raw.startswith(back)
     assert len(back) == len(raw) if len(raw) <= limit else limit - 3 <= len(back) <= limit
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "code"), HOSTILE_KEYED, ids=[h[0] for h in HOSTILE_KEYED]
+)
+def test_hostile_keyed_message_has_its_code_and_a_dead_letter_that_fits(name, key, value, code):
+    from stream_app.deadletter import DeadLetters
+
+    assert code_of(value) == code, name
+    if code is None:
+        return
+    letters = DeadLetters()  # Kafka's default 1 MB limit
+    out_key, record = letters.build(InvalidEvent(code, "detail"), value, key, "events", 0, 1)
+    assert len(out_key or b"") + len(record) < 1_000_000
+    assert orjson.loads(record)["key_bytes"] == len(key)

@@ -257,3 +257,19 @@ def test_offsets_go_past_gaps_the_agents_have_handled():
     assert not consumer._gap[tp]
     consumer._committed_offset[tp] = 34
     assert handled_offsets(consumer, [tp]) == {}  # nothing new
+
+
+def test_offsets_stop_below_a_held_message():
+    """A message held back (its event failed, not judged yet) caps the commit of its
+    partition, though later offsets are acknowledged; once released, everything is."""
+    from stream_app.transactions import handled_offsets
+
+    tp = TP("events", 0)
+    consumer = FakeConsumer({tp: [10, 11, 13, 14]})  # 12 held back
+    consumer._committed_offset[tp] = 10
+    held = {("events", 0): {12}}
+    assert handled_offsets(consumer, [tp], held) == {tp: 12}
+    consumer._committed_offset[tp] = 12
+    assert handled_offsets(consumer, [tp], held) == {}  # still held
+    consumer._acked[tp].append(12)  # released
+    assert handled_offsets(consumer, [tp], {}) == {tp: 15}

@@ -1,0 +1,189 @@
+"""Processing failures with a real worker (``tests/integration/failing_worker.py`` injects
+them into the real worker): one poison event is dead-lettered as ``processing_failed``
+while the worker goes on; a systemic failure stops the worker with exit code 70 without
+committing offsets past the events it did not finish, and after the fix (a normal
+restart) every event is scored. Issue 9, item 3: Faust restarts a crashed agent and
+commits the offsets it acknowledged meanwhile, the failing messages' included, so the
+old worker lost them."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from stream_app.output import partition_for
+from tests.integration.conftest import consume_all, produce
+from tests.integration.events import synthetic_events
+
+pytestmark = pytest.mark.integration
+
+FAILING = "tests.integration.failing_worker"
+GUARANTEES = ["at_least_once", "exactly_once"]
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 4) -> dict[int, int]:
+    """The group's committed offset per partition (-1: none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=15)}
+    finally:
+        consumer.close()
+
+
+def healthz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_exit(proc, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return proc.returncode
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_systemic_failure_stops_the_worker_without_committing(bootstrap, worker_factory, guarantee):
+    worker = worker_factory(
+        IMPORTANCE_PROCESSING_GUARANTEE=guarantee,
+        TEST_FAIL_MODE="systemic",
+        IMPORTANCE_MAX_CONSECUTIVE_FAILURES="5",
+    )
+    worker.start(module=FAILING)
+    events = synthetic_events(400, prefix=f"sys-{guarantee}")
+    expected = {e["event_id"] for e in events}
+    # half keyed by user (scored in place), half unkeyed (through the by-user topic)
+    keys = lambda i, e: e["user_id"].encode() if i % 2 else None  # noqa: E731
+    murmur2 = {"partitioner": "murmur2_random"}  # keyed events land where they are scored
+    produce(bootstrap, worker.settings.topic_events, events, key=keys, config=murmur2)
+
+    port = int(worker.env["IMPORTANCE_WEB_PORT"])
+    seen_failed = None
+    deadline = time.monotonic() + 90
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            status, body = healthz(port)
+        except OSError:
+            status, body = None, {}
+        if status == 503 and body.get("status") == "failed":
+            seen_failed = body
+        time.sleep(0.1)
+    code = worker.proc.poll()
+    assert code == 70, f"worker exit code {code}\n{worker.log_tail()}"
+    assert seen_failed is not None and "consecutive events" in seen_failed["failed"]
+    assert "processing failed" in worker.log_text()
+
+    # nothing was scored, so no offset of a scoring path may have moved
+    app_id = worker.settings.app_id
+    in_place = committed(bootstrap, app_id, worker.settings.topic_events)
+    by_user = committed(bootstrap, app_id, worker.settings.topic_by_user)
+    print("committed after the failure: events", in_place, "by-user", by_user)
+    assert all(offset <= 0 for offset in by_user.values()), by_user
+    # an events partition may commit only up to its first in-place (scored) event
+    first_scored: dict[int, int] = {}
+    for msg in read_all(bootstrap, worker.settings.topic_events):
+        if msg.key() is not None and partition_for(msg.key(), 4) == msg.partition():
+            first_scored.setdefault(msg.partition(), msg.offset())
+    for partition, offset in in_place.items():
+        assert offset <= first_scored.get(partition, 10**9), (partition, offset, first_scored)
+    dead = consume_all(bootstrap, worker.settings.topic_dlq, until=lambda r: False, timeout=3)
+    assert not dead, f"a systemic failure dead-lettered {len(dead)} valid events"
+
+    # "the fix": a normal restart of the real worker; every event is scored
+    worker.start()
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda recs: expected <= {r["event_id"] for r in recs},
+        timeout=180,
+    )
+    missing = expected - {r["event_id"] for r in records}
+    assert not missing, f"{len(missing)} events never scored\n{worker.log_tail()}"
+
+
+def read_all(bootstrap: str, topic: str) -> list:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "test-read-all", "enable.partition.eof": True}
+    )
+    out = []
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
+        open_ = set(range(4))
+        deadline = time.monotonic() + 30
+        while open_ and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                open_.discard(msg.partition())
+                continue
+            out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_one_poison_event_is_dead_lettered_and_the_worker_goes_on(
+    bootstrap, worker_factory, guarantee
+):
+    worker = worker_factory(IMPORTANCE_PROCESSING_GUARANTEE=guarantee, TEST_FAIL_MODE="poison")
+    worker.start(module=FAILING)
+    events = synthetic_events(600, prefix=f"poison-{guarantee}")
+    poison = {**events[300], "event_id": "the-poison", "item_id": "poison"}
+    events.insert(300, poison)
+    produce(
+        bootstrap,
+        worker.settings.topic_events,
+        events,
+        key=lambda i, e: e["user_id"].encode() if i % 3 else None,
+    )
+    expected = {e["event_id"] for e in events} - {"the-poison"}
+    dead = consume_all(bootstrap, worker.settings.topic_dlq, until=lambda r: len(r) >= 1)
+    assert len(dead) == 1, worker.log_tail()
+    letter = dead[0]
+    assert letter["error"] == "processing_failed"
+    assert "InjectedFailure" in letter["detail"] and "the-poison" in letter["detail"]
+    assert json.loads(letter["raw"])["event_id"] == "the-poison"
+    assert isinstance(letter["offset"], int)
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda recs: expected <= {r["event_id"] for r in recs},
+        timeout=180,
+    )
+    missing = expected - {r["event_id"] for r in records}
+    assert not missing, f"{len(missing)} events not scored\n{worker.log_tail()}"
+    assert worker.proc.poll() is None, worker.log_tail()
+    status, body = healthz(int(worker.env["IMPORTANCE_WEB_PORT"]))
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_agent_failing_outside_one_event_stops_the_worker(bootstrap, worker_factory):
+    worker = worker_factory(TEST_FAIL_MODE="agent", TEST_FAIL_AFTER="50")
+    worker.start(module=FAILING)
+    events = synthetic_events(300, prefix="agent")
+    expected = {e["event_id"] for e in events}
+    produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["user_id"].encode())
+    code = wait_exit(worker.proc, 90)
+    assert code == 70, f"exit code {code}\n{worker.log_tail()}"
+    assert "agent decode failed" in worker.log_text()
+    worker.start()  # the fix
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda recs: expected <= {r["event_id"] for r in recs},
+        timeout=180,
+    )
+    assert expected <= {r["event_id"] for r in records}, worker.log_tail()
