@@ -413,6 +413,10 @@ class Settings(BaseSettings):
         self._check_web()
         return self
 
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (field names), validated like any settings."""
+        return type(self)(**{**self.model_dump(), **changes})
+
     @property
     def topic_by_user(self) -> str:
         """Internal topic holding valid events repartitioned by user id."""

@@ -5,7 +5,6 @@ configuration, are never asked."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
@@ -28,14 +27,14 @@ def test_unusable_advertised_urls_are_not_asked(url):
 
 
 def test_with_a_token_and_no_peer_secret_peers_are_not_asked(monkeypatch):
-    settings = dataclasses.replace(api.settings, api_token="t" * 20, peer_secret=None)
+    settings = api.settings.replace(api_token="t" * 20, peer_secret=None)
     monkeypatch.setattr(api, "settings", settings)
     answer, error = asyncio.run(api.ask_peer(NoSession(), "http://w:6066", "/api/stats", {}))
     assert (answer, error) == (None, "not asked: IMPORTANCE_PEER_SECRET is not set")
 
 
 def test_a_signed_request_never_carries_the_token(monkeypatch):
-    settings = dataclasses.replace(api.settings, api_token="t" * 20, peer_secret="s" * 20)
+    settings = api.settings.replace(api_token="t" * 20, peer_secret="s" * 20)
     monkeypatch.setattr(api, "settings", settings)
     sent = {}
 
