@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -41,6 +42,8 @@ __all__ = [
     "FisherSampler",
     "LabelDecision",
     "LabelSampler",
+    "LeverageMixSampler",
+    "LeverageSampler",
     "NegativeSampler",
     "POSSampler",
     "ScoredSampler",
@@ -290,6 +293,7 @@ class FisherSampler(ScoredSampler):
     """Negatives ∝ ``p̂·√(1 − p̂)·‖D̂⁻¹x‖``, ``D̂`` the diagonal of the pilot's Fisher
     information: for each hash bucket the decayed sum of ``p̂(1 − p̂)·x_j²`` over labelled
     examples (the online learner's ``p̂`` before it learned the label), plus ``prior``.
+    ``‖D̂⁻¹x‖`` is the A-optimal factor (it targets the coefficients' squared error).
 
     Rare buckets have little information, so their examples' negatives are kept more
     often; an array of ``2**hash_bits`` floats bounds the memory (buckets fold by mask).
@@ -306,6 +310,8 @@ class FisherSampler(ScoredSampler):
     name = "fisher"
     #: D̂ prior per bucket (the information of one example at p(1 − p) = 0.01)
     prior: ClassVar[float] = 0.01
+    #: the power of D̂ in the design factor: ‖D̂^(−power)·x‖
+    power: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -321,34 +327,37 @@ class FisherSampler(ScoredSampler):
         self.mask = (1 << hash_bits) - 1
         # D̂ = info * scale: decaying every bucket per example would cost 2**bits, so the
         # decay goes into the common scale and additions are divided by it.
-        self.info = np.zeros(1 << hash_bits, dtype=np.float64)
+        self.info = array("d", bytes(8 << hash_bits))
         self.scale = 1.0
 
-    def fisher_diagonal(self, x: Mapping[int, float]) -> np.ndarray:
+    def fisher_diagonal(self, x: Mapping[int, float]) -> list[float]:
         """``D̂_j`` (with the prior) for the buckets of ``x``, in the order of ``x``."""
-        idx = np.fromiter((k & self.mask for k in x), dtype=np.int64, count=len(x))
-        return self.info[idx] * self.scale + self.prior
+        info, mask, scale, prior = self.info, self.mask, self.scale, self.prior
+        return [info[k & mask] * scale + prior for k in x]
 
     def score(self, p: float, x: Mapping[int, float]) -> float:
-        if not x:
-            return pos_score(p) / self.prior
-        vals = np.fromiter(x.values(), dtype=np.float64, count=len(x))
-        norm = float(np.sqrt(np.sum((vals / self.fisher_diagonal(x)) ** 2)))
-        return pos_score(p) * norm
+        info, mask, scale, prior = self.info, self.mask, self.scale, self.prior
+        if self.power == 1.0:
+            total = sum((v / (info[k & mask] * scale + prior)) ** 2 for k, v in x.items())
+        else:
+            e = 2.0 * self.power
+            total = sum(v * v / (info[k & mask] * scale + prior) ** e for k, v in x.items())
+        return pos_score(p) * math.sqrt(total) if x else pos_score(p) / prior**self.power
 
     def observe(self, label: int, p: float, x: Mapping[int, float], pi: float) -> None:
         self.scale *= self.decay
         if self.scale < 1e-100:
-            self.info *= self.scale
+            self.info = array("d", (v * self.scale for v in self.info))
             self.scale = 1.0
         v = min(1.0, max(0.0, p))
         v = v * (1.0 - v) / self.scale
+        info, mask = self.info, self.mask
         for k, value in x.items():
-            self.info[k & self.mask] += v * value * value
+            info[k & mask] += v * value * value
 
     def to_state(self) -> dict[str, Any]:
         state = super().to_state()
-        d = self.info * self.scale
+        d = np.frombuffer(self.info, dtype=np.float64) * self.scale
         nz = np.flatnonzero(d)
         state.update(
             hash_bits=self.hash_bits,
@@ -373,8 +382,9 @@ class FisherSampler(ScoredSampler):
         if not (np.all(np.isfinite(val)) and np.all(val >= 0.0)):
             raise StateError("sampler state: Fisher values must be finite and >= 0")
         super().load_state(state)
-        self.info = np.zeros(1 << self.hash_bits, dtype=np.float64)
-        self.info[idx.astype(np.int64)] = val
+        info = np.zeros(1 << self.hash_bits, dtype=np.float64)
+        info[idx.astype(np.int64)] = val
+        self.info = array("d", info.tobytes())
         self.scale = 1.0
 
 
@@ -383,6 +393,22 @@ class FisherMixSampler(FisherSampler):
     never keeps a negative with less than ``q/2``."""
 
     name = "fisher-mix"
+    mix = 0.5
+
+
+class LeverageSampler(FisherSampler):
+    """Negatives ∝ ``p̂·√(1 − p̂)·√(xᵀD̂⁻¹x)``: the leverage of ``x`` under the diagonal
+    Fisher information, the factor that minimises the excess log-loss (L-optimality with
+    the information as the loss's metric) rather than the coefficients' error."""
+
+    name = "leverage"
+    power = 0.5
+
+
+class LeverageMixSampler(LeverageSampler):
+    """Half :class:`LeverageSampler`, half the constant rate ``q``."""
+
+    name = "leverage-mix"
     mix = 0.5
 
 
@@ -401,6 +427,8 @@ register(UniformSampler)
 register(POSSampler)
 register(FisherSampler)
 register(FisherMixSampler)
+register(LeverageSampler)
+register(LeverageMixSampler)
 
 
 def make_sampler(

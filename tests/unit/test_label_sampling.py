@@ -53,7 +53,7 @@ def test_every_positive_kept(name: str) -> None:
     assert all(abs(d.offset - math.log(1.0 / d.pi_negative)) < 1e-9 for d in decisions)
 
 
-@pytest.mark.parametrize("name", ["pos", "fisher", "fisher-mix"])
+@pytest.mark.parametrize("name", ["pos", "fisher", "fisher-mix", "leverage", "leverage-mix"])
 def test_importance_samplers_vary_the_negative_rate(name: str) -> None:
     _, _, decisions = _run(make_sampler(name, target_rate=0.05), 5000, 0.01, burn_in=0)
     rates = {round(d.pi_negative, 6) for d in decisions[1000:]}
@@ -86,7 +86,7 @@ def test_state_round_trip(name: str) -> None:
         assert d1.pi == pytest.approx(d2.pi, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fisher", "fisher-mix"])
+@pytest.mark.parametrize("name", ["fisher", "fisher-mix", "leverage"])
 def test_fisher_state_refuses_bad_content(name: str) -> None:
     sampler = make_sampler(name, target_rate=0.05, hash_bits=8)
     for eid, y, p, x in _stream(500, 0.01):
