@@ -201,16 +201,21 @@ class ScoredSampler(LabelSampler):
     """Negatives kept in proportion to a score ``s(p, x)``, mixed with the constant rate.
 
     ``π⁻(x) = (1 − mix)·q + mix·min(1, q·e^κ·s(x)/s̄)``: ``s̄`` is the decayed mean score of
-    negatives, so the proportional part has mean ``q·e^κ``, and ``κ ≥ 0`` is tuned by
+    negatives, so the proportional part has mean ``q·e^κ``, and ``κ`` is tuned by
     stochastic approximation so that, after capping at 1, the mean over negatives is ``q``.
     ``floor`` (a fraction of ``q``) bounds ``π⁻`` from below, so that no negative's weight
-    exceeds ``1/(floor·q)``.
+    exceeds ``1/(floor·q)``. κ also absorbs the lag of ``s̄`` when scores drift, so it may
+    be negative.
     """
 
     mix: ClassVar[float] = 1.0
     floor: ClassVar[float] = 0.0
     #: step of the cap correction κ (per negative, relative to q)
-    adapt: ClassVar[float] = 0.002
+    adapt: ClassVar[float] = 0.01
+    #: half-life, in negatives, of the mean score s̄ (short: scores drift as D̂ fills)
+    score_half_life: ClassVar[float] = 2_000.0
+    KAPPA_MIN: ClassVar[float] = -3.0
+    KAPPA_MAX: ClassVar[float] = 10.0
 
     def __init__(self, target_rate: float = 0.2, salt: int = 0, half_life: float = 20_000.0):
         super().__init__(target_rate=target_rate, salt=salt, half_life=half_life)
@@ -239,13 +244,13 @@ class ScoredSampler(LabelSampler):
         decision = super().decide(event_id, label, p, x)
         if not label and self._last is not None:
             s, prop = self._last
-            w = 1.0 - self.decay
+            w = 1.0 - 0.5 ** (1.0 / self.score_half_life)
             if self.mean_score <= 0.0:
                 self.mean_score = s
             else:
                 self.mean_score += w * (s - self.mean_score)
             self.kappa += self.adapt * (q - prop) / q
-            self.kappa = min(10.0, max(0.0, self.kappa))
+            self.kappa = min(self.KAPPA_MAX, max(self.KAPPA_MIN, self.kappa))
         return decision
 
     def to_state(self) -> dict[str, Any]:
@@ -257,7 +262,11 @@ class ScoredSampler(LabelSampler):
         if state.get("name") != self.name:
             return
         mean_score, kappa = float(state["mean_score"]), float(state["kappa"])
-        if not (math.isfinite(mean_score) and mean_score >= 0.0 and 0.0 <= kappa <= 10.0):
+        if not (
+            math.isfinite(mean_score)
+            and mean_score >= 0.0
+            and self.KAPPA_MIN <= kappa <= self.KAPPA_MAX
+        ):
             raise StateError("unusable sampler state: mean_score or kappa out of range")
         super().load_state(state)
         self.mean_score, self.kappa = mean_score, kappa

@@ -98,7 +98,7 @@ def test_fisher_state_refuses_bad_content(name: str) -> None:
     with pytest.raises(StateError):
         make_sampler(name, target_rate=0.05, hash_bits=8).load_state(bad)
     with pytest.raises(ValueError):
-        make_sampler(name, target_rate=0.05, hash_bits=8).load_state(dict(good, kappa=-1.0))
+        make_sampler(name, target_rate=0.05, hash_bits=8).load_state(dict(good, kappa=-5.0))
     with pytest.raises(ValueError):
         make_sampler(name, target_rate=0.05, hash_bits=8).load_state(dict(good, n_pos=-1.0))
 
