@@ -299,27 +299,36 @@ def online_pass(
     ids: Sequence[str],
     budgets: Sequence[float],
     samplers: Sequence[str] = ONLINE_SAMPLERS,
+    partitions: Sequence[int] | None = None,
 ) -> OnlinePass:
     """Feed a stream of labelled examples through the worker's online learner and one
     product sampler per (name, budget), as the worker does: each example's ``p̂`` is the
     learner's before it learned the label; the sampler decides, then the learner learns.
 
     The keep probabilities do not depend on the coin (a sampler's state is updated with
-    every labelled example, kept or not), so one pass serves every salt.
+    every labelled example, kept or not), so one pass serves every salt. With
+    ``partitions`` (the partition of each example), every partition has its own learner
+    and samplers, as the worker's partitions do.
     """
     from models.scorers.logistic import HashedLogistic
 
     started = time.perf_counter()
-    learner = HashedLogistic().model
-    inst = {(m, b): make_sampler(m, target_rate=b) for m in samplers for b in budgets}
     n = len(y)
-    out = {k: (np.empty(n), np.empty(n), np.empty(n)) for k in inst}
+    part = np.zeros(n, dtype=np.int64) if partitions is None else np.asarray(partitions)
+    n_parts = int(part.max()) + 1 if n else 1
+    learners = [HashedLogistic().model for _ in range(n_parts)]
+    keys = [(m, b) for m in samplers for b in budgets]
+    inst = [
+        [(key, make_sampler(key[0], target_rate=key[1])) for key in keys] for _ in range(n_parts)
+    ]
+    out = {k: (np.empty(n), np.empty(n), np.empty(n)) for k in keys}
     p_hat = np.empty(n)
     for i in range(n):
-        x, label, eid = xs[i], int(y[i]), ids[i]
+        x, label, eid, j = xs[i], int(y[i]), ids[i], int(part[i])
+        learner = learners[j]
         p = learner.predict_proba_one(x)[True]
         p_hat[i] = p
-        for key, sampler in inst.items():
+        for key, sampler in inst[j]:
             d = sampler.decide(eid, label, p, x)
             arr = out[key]
             arr[0][i], arr[1][i], arr[2][i] = d.pi, d.pi_negative, d.pi_positive
@@ -1012,6 +1021,103 @@ def bar_check(
     return verdict
 
 
+# --------------------------------------------------------------------------- partitions
+
+
+def user_partition(user_id: str, n_parts: int) -> int:
+    """The partition of a user (CRC-32 of the id modulo the partition count)."""
+    import zlib
+
+    return zlib.crc32(user_id.encode()) % n_parts
+
+
+def run_partitions(
+    pop: Population,
+    parts: Sequence[int] = (1, 4, 8),
+    budgets: Sequence[float] = (0.03, 0.05),
+    samplers: Sequence[str] = ("negative", "fisher", "fisher-mix"),
+    l2: Sequence[float] = (1e-4, 0.01),
+    streams: int = 5,
+    n_events: int = STREAM_EVENTS,
+    log: Callable[[str], None] = lambda _s: None,
+) -> dict[str, Any]:
+    """Issue item 6: with users hashed to ``P`` partitions and a learner and samplers per
+    partition, the progressive AUC of ``p̂`` (each example scored before its label was
+    learned) and the samplers' excess log-loss (offset fit of the pooled sample)."""
+    rows = np.random.default_rng(7).integers(0, pop.x.shape[0], n_events)
+    p_true = pop.p
+    x_stream = pop.x[rows]
+    pool_x = [hashed_features(ev, HASH_BITS) for ev in pop.events]
+    xs = [pool_x[r] for r in rows]
+    ids = [f"{pop.key}-{i}" for i in range(n_events)]
+    out: list[dict[str, Any]] = []
+    for n_parts in parts:
+        part = np.array([user_partition(pop.events[r].user_id, n_parts) for r in rows])
+        for s in range(streams):
+            y = (np.random.default_rng(1000 + s).random(n_events) < p_true[rows]).astype(int)
+            op = online_pass(xs, y, ids, budgets, samplers, partitions=part)
+            half = n_events // 2
+            base = {
+                "parts": n_parts, "stream": s, "salt": s,
+                "auc": auc_score(y, op.p_hat), "auc_late": auc_score(y[half:], op.p_hat[half:]),
+                "auc_true": auc_score(y, p_true[rows]),
+            }  # fmt: skip
+            u = _coins(ids, s)
+            for m in samplers:
+                for b in budgets:
+                    pi, pi_neg, pi_pos = op.pi[m][b]
+                    keep = u < pi
+                    off = np.log(pi_pos[keep] / pi_neg[keep])
+                    for lam in l2:
+                        beta, b0 = fit_logistic(x_stream[keep], y[keep], offset=off, l2=lam)
+                        out.append(
+                            base | {"method": m, "budget": b, "l2": lam,
+                                    "kept": float(keep.mean()),
+                                    **_semi_metrics(pop, p_true, beta, b0)}
+                        )  # fmt: skip
+            log(f"  partitions {n_parts}: stream {s + 1}/{streams}")
+    return {"records": out, "title": pop.title}
+
+
+def partitions_md(res: dict[str, Any]) -> str:
+    """A table of the partition measurement."""
+    recs = res["records"]
+    lines = [
+        f"Population: {res['title']}; offset fits; excess log-loss ×10⁻⁴ (mean over "
+        f"{len({r['stream'] for r in recs})} label draws) and the ratio to `negative` with the "
+        "same partitions; AUC of p̂ progressive (scored before learning), whole stream / "
+        "second half.",
+        "",
+        "| partitions | progressive AUC | L2 | budget | negative | fisher | fisher-mix |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n_parts in sorted({r["parts"] for r in recs}):
+        sel = [r for r in recs if r["parts"] == n_parts]
+        auc = float(np.mean([r["auc"] for r in sel]))
+        late = float(np.mean([r["auc_late"] for r in sel]))
+        for lam in sorted({r["l2"] for r in sel}):
+            for b in sorted({r["budget"] for r in sel}):
+                cells = []
+                base = _select(sel, l2=lam, budget=b, method="negative")
+                mb = float(np.mean([r["excess"] for r in base]))
+                for m in ("negative", "fisher", "fisher-mix"):
+                    rows = _select(sel, l2=lam, budget=b, method=m)
+                    if not rows:
+                        cells.append("")
+                        continue
+                    mm = float(np.mean([r["excess"] for r in rows]))
+                    d = paired_interval(
+                        [a["excess"] - c["excess"] for a, c in zip(rows, base, strict=True)]
+                    )
+                    cells.append(f"{mm * 1e4:.1f} ({mm / mb:.2f}×, {_ci(d, 1e4, 1)})")
+                lines.append(
+                    f"| {n_parts} | {auc:.3f} / {late:.3f} | {lam:g} | {_pct(b)} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1024,6 +1130,45 @@ def _ci(d: tuple[float, float, float], scale: float = 1.0, digits: int = 2) -> s
     if not math.isfinite(lo):
         return f"{m:+.{digits}f}"
     return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _verdict_lines(bar: Sequence[dict[str, Any]]) -> list[str]:
+    """A plain statement of which sampler meets the bar at which penalty, and by how
+    much the others miss (the worst ratio against the 0.5× / 0.9× limits)."""
+    met = [v for v in bar if v["met"]]
+    out = ["**Verdict.** "]
+    if met:
+        out[0] += (
+            "The bar is met by "
+            + ", ".join(f"`{v['sampler']}` (semi-synthetic L2 {v['l2']})" for v in met)
+            + "; not met by the other sampler/penalty pairs (list below)."
+        )
+    else:
+        out[0] += "No sampler meets the bar at any penalty of the grid."
+    misses = []
+    for v in bar:
+        if v["met"]:
+            continue
+        worst = []
+        for key, checks in v["semi"].items():
+            for b, r, ok in checks:
+                if not ok:
+                    limit = {0.03: 0.5, 0.05: 0.9}.get(b)
+                    if limit is None:
+                        why = "significantly worse"
+                    elif r <= limit:
+                        why = "not significant"
+                    else:
+                        why = f"limit {limit}×"
+                    worst.append(f"{key} {_pct(b)} {r:.2f}× ({why})")
+        for key, bad in v["real"].items():
+            if bad:
+                worst.append(f"{key} real significantly worse at {_pct(bad[0][0])}")
+        misses.append(f"`{v['sampler']}` L2 {v['l2']}: " + ", ".join(worst))
+    if misses:
+        out.append("")
+        out.append("Misses: " + "; ".join(misses) + ".")
+    return out
 
 
 def render(results: dict[str, Any]) -> str:
@@ -1050,6 +1195,7 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     if results.get("bar"):
+        lines += [*_verdict_lines(results["bar"]), ""]
         lines += [
             "### The bar (offset estimator)",
             "",
@@ -1299,7 +1445,11 @@ def _default_output() -> Path:
     help="Events per semi-synthetic stream.",
 )
 @click.option(
-    "--part", type=click.Choice(["all", "semi", "real"]), default="all", show_default=True
+    "--part",
+    type=click.Choice(["all", "semi", "real", "partitions"]),
+    default="all",
+    show_default=True,
+    help="partitions: issue item 6 only (1, 4, 8 partitions), in its own section.",
 )
 @click.option(
     "--output",
@@ -1314,17 +1464,55 @@ def _default_output() -> Path:
     default=None,
     help="Also write the summaries as JSON.",
 )
+@click.option(
+    "--from-json",
+    "json_in",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Render the section again from the --json of an earlier run (no run).",
+)
 def quality_cmd(
     quick: bool, streams: int, coins: int, salts: int, events: int, part: str,
-    output: Path | None, json_out: Path | None,
+    output: Path | None, json_out: Path | None, json_in: Path | None,
 ) -> None:  # fmt: skip
     """Does the label-time sample beat negative downsampling? (see docs/benchmarks.md)"""
     import json
     import shlex
     import sys
 
+    if json_in is not None:
+        from stream_app.bench import update_doc_section
+
+        body = render(json.loads(json_in.read_text()))
+        click.echo(body)
+        click.echo(f"wrote {update_doc_section(SECTION, body, output or _default_output())}")
+        return
+
     if quick:
         streams, coins, salts, events = 2, 1, 2, min(events, 20_000)
+    if part == "partitions":
+        from stream_app.bench import update_doc_section
+        from stream_app.datasets import open_bandit_path
+
+        load = os.getloadavg()[0]
+        started = time.perf_counter()
+        pres = run_partitions(
+            open_bandit_population(open_bandit_path()),
+            streams=streams,
+            n_events=events,
+            log=click.echo,
+        )
+        body = (
+            "### Partitions (issue item 6)\n\nGenerated by `importance bench quality "
+            f"{shlex.join(sys.argv[3:])}` in {(time.perf_counter() - started) / 60:.0f} min "
+            f"(load average {load:.1f} at the start).\n\n" + partitions_md(pres)
+        )
+        click.echo(body)
+        if json_out is not None:
+            json_out.write_text(json.dumps(pres, default=str))
+        path = update_doc_section("quality-partitions", body, output or _default_output())
+        click.echo(f"wrote {path}")
+        return
     semi_cfg = SemiConfig(n_events=events, streams=streams, coins=coins)
     real_cfg = RealConfig(salts=salts, limit=30_000 if quick else None)
     pops, real = default_inputs()
