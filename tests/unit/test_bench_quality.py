@@ -150,3 +150,20 @@ def test_command_options() -> None:
     assert result.exit_code == 0
     for option in ("--quick", "--streams", "--coins", "--salts", "--part", "--output"):
         assert option in result.output
+
+
+def test_partitions_part_structure() -> None:
+    from stream_app.bench.quality import partitions_md, run_partitions, user_partition
+
+    assert {user_partition(f"u{i}", 4) for i in range(100)} == {0, 1, 2, 3}
+    res = run_partitions(
+        synthetic_population(n_rows=800, n_items=20), parts=(1, 2), streams=2, n_events=4000
+    )
+    recs = res["records"]
+    assert {r["parts"] for r in recs} == {1, 2}
+    assert {r["method"] for r in recs} == {"negative", "fisher", "fisher-mix"}
+    for r in recs:
+        assert 0.0 <= r["auc"] <= 1.0 and r["excess"] >= 0.0
+        assert abs(r["kept"] - r["budget"]) < 0.5 * r["budget"]
+    table = partitions_md(res)
+    assert table.count("\n| 1 |") == 4 and table.count("\n| 2 |") == 4
