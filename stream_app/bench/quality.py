@@ -1412,6 +1412,31 @@ def default_inputs() -> tuple[list[Callable[[], Population]], list[tuple[str, st
     return pops, real
 
 
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Summaries of several runs (other parts or datasets, same settings) as one: the
+    commands are joined, times added, the bar computed again over everything."""
+    out: dict[str, Any] = {"semi": {}, "real": {}, "config": dict(parts[0]["config"])}
+    for res in parts:
+        out["semi"].update(res.get("semi", {}))
+        out["real"].update(res.get("real", {}))
+    if len(parts) > 1:
+        out["config"]["command"] = "` + `".join(r["config"]["command"] for r in parts)
+        out["config"]["seconds"] = sum(r["config"]["seconds"] for r in parts)
+        out["config"]["load"] = max(r["config"]["load"] for r in parts)
+        for r in parts:  # the settings of the parts that ran each half
+            if r.get("semi"):
+                for k in ("semi_events", "semi_streams", "semi_coins"):
+                    out["config"][k] = r["config"][k]
+            if r.get("real"):
+                out["config"]["real_salts"] = r["config"]["real_salts"]
+    semi = {k: v for k, v in out["semi"].items() if "summary" in v}
+    real = {k: v for k, v in out["real"].items() if "summary" in v}
+    samplers = list(dict.fromkeys(v["sampler"] for r in parts for v in r.get("bar", [])))
+    penalties = list(dict.fromkeys(v["l2"] for r in parts for v in r.get("bar", [])))
+    out["bar"] = [bar_check(semi, real, m, lam) for lam in penalties for m in samplers]
+    return out
+
+
 def _default_output() -> Path:
     from stream_app.bench import docs_dir
 
@@ -1468,22 +1493,29 @@ def _default_output() -> Path:
     "--from-json",
     "json_in",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Render the section again from the --json of an earlier run (no run).",
+    multiple=True,
+    help="Render the section from the --json of earlier runs (no run); several are merged "
+    "(e.g. one per --part or --dataset).",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["all", "openbandit", "taobao"]),
+    default="all",
+    show_default=True,
 )
 def quality_cmd(
     quick: bool, streams: int, coins: int, salts: int, events: int, part: str,
-    output: Path | None, json_out: Path | None, json_in: Path | None,
+    output: Path | None, json_out: Path | None, json_in: tuple[Path, ...], dataset: str,
 ) -> None:  # fmt: skip
     """Does the label-time sample beat negative downsampling? (see docs/benchmarks.md)"""
     import json
     import shlex
     import sys
 
-    if json_in is not None:
+    if json_in:
         from stream_app.bench import update_doc_section
 
-        body = render(json.loads(json_in.read_text()))
+        body = render(merge_results([json.loads(p.read_text()) for p in json_in]))
         click.echo(body)
         click.echo(f"wrote {update_doc_section(SECTION, body, output or _default_output())}")
         return
@@ -1516,6 +1548,9 @@ def quality_cmd(
     semi_cfg = SemiConfig(n_events=events, streams=streams, coins=coins)
     real_cfg = RealConfig(salts=salts, limit=30_000 if quick else None)
     pops, real = default_inputs()
+    if dataset != "all":
+        keep = 0 if dataset == "openbandit" else 1
+        pops, real = [pops[keep]], [real[keep]]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     res = run_quality(
