@@ -187,7 +187,7 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
     worker = worker_factory(
         IMPORTANCE_PROCESSING_GUARANTEE=guarantee,
         IMPORTANCE_ATTRIBUTION_WINDOW_S=str(window),
-        IMPORTANCE_TARGET_KEEP_RATE="0.1",
+        IMPORTANCE_TARGET_KEEP_RATE="0.5",  # about a quarter of the examples are positive
     )
     events = labelled_events(20_000, prefix=f"kill-{guarantee}")
     config = PipelineConfig.from_settings(worker.settings)
