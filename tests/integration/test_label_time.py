@@ -244,14 +244,18 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
     published_positives = {r["event_id"] for r in committed if r["label"] == 1}
     missing = positives - published_positives
     assert not missing, f"{len(missing)} positives lost, e.g. {sorted(missing)[:5]}"
-    assert published_positives == positives  # and none that the offline run did not find
+    # More are possible: the restored model (its event-time clock) is the last snapshot's,
+    # older than the committed offsets, so an exposure that the uninterrupted run closed as
+    # a negative just before its late conversion arrived may be converted after a restart.
+    extra = published_positives - positives
     counts = Counter(r["event_id"] for r in committed)
     twice = [i for i, n in counts.items() if n > 1]
     everything = read_topic(bootstrap, worker.settings.topic_training, "read_uncommitted")
     print(
         f"\n{guarantee}: {len(committed)} training records committed, {len(twice)} twice, "
         f"{len(everything) - len(committed)} more in aborted transactions; "
-        f"{len(positives)} positives, all kept"
+        f"{len(positives)} positives, all kept; {len(extra)} more positives than without "
+        "the crash"
     )
     if guarantee == "exactly_once":
         assert not twice, f"{len(twice)} examples published twice, e.g. {twice[:5]}"
