@@ -4,6 +4,7 @@ training example is decided, with what, and what its record says."""
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import orjson
@@ -193,3 +194,37 @@ def test_an_unknown_sampler_is_refused():
         PipelineConfig(importance_sampler="nope")
     with pytest.raises(ValueError, match="salt"):
         PipelineConfig(importance_sampler_salt=-1)
+
+
+def test_importance_score_writes_the_training_records(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+    from stream_app.offline import training_events
+
+    for name in list(os.environ):
+        if name.startswith("IMPORTANCE_"):
+            monkeypatch.delenv(name)
+    events = [ev.to_dict() for ev in stream(3000, seed=9)]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+
+    def run(*options):
+        out, train = tmp_path / "scores.jsonl", tmp_path / "train.jsonl"
+        args = ["score", str(path), "-o", str(out), "--training", str(train), *options]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert len(out.read_bytes().splitlines()) == len(events)
+        return [orjson.loads(line) for line in train.read_bytes().splitlines()], result.output
+
+    records, said = run("--target-rate", "0.3", "--salt", "5")
+    config = PipelineConfig(target_keep_rate=0.3, importance_sampler_salt=5)
+    assert records == list(training_events(events, config))
+    assert "kept" in said and "'negative'" in said
+    other, _ = run("--target-rate", "0.3", "--salt", "6")
+    assert {r["event_id"] for r in other} != {r["event_id"] for r in records}
+    uniform, _ = run("--sampler", "uniform")
+    assert {r["sampler"] for r in uniform} == {"uniform"}
+    result = CliRunner().invoke(main, ["score", str(path), "-o", "x", "--sampler", "best"])
+    assert result.exit_code == 2
+    assert "--sampler (or IMPORTANCE_SAMPLER)='best': unknown sampler 'best'" in result.output
