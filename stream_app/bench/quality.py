@@ -289,9 +289,13 @@ def _engine_pass(prep: Prepared, budget: float, *, label_aware: bool) -> EngineP
     if len(records) != len(prep.events_train) or any("error" in r for r in records):
         raise RuntimeError("the engine rejected events that validated")
     rows = prep.train_rows
-    pi = np.array([records[i]["keep_probability"] for i in rows])
-    keep = np.array([records[i]["keep"] for i in rows], dtype=bool)
-    weight = np.array([records[i]["weight"] for i in rows])
+    # the pre-label rule (score records no longer carry a keep decision): the same sampler
+    # and coin as before, over the published importances
+    sampler = ImportanceSampler(target_rate=budget)
+    decisions = [sampler.decide(r["event_id"], r["importance"]) for r in records]
+    pi = np.array([decisions[i].probability for i in rows])
+    keep = np.array([decisions[i].keep for i in rows], dtype=bool)
+    weight = np.array([decisions[i].weight for i in rows])
     return EnginePass(
         budget=budget,
         seconds=seconds,
@@ -300,7 +304,7 @@ def _engine_pass(prep: Prepared, budget: float, *, label_aware: bool) -> EngineP
         pi=pi,
         keep=keep,
         weight=weight,
-        keep_rate_all=float(np.mean([r["keep"] for r in records])),
+        keep_rate_all=float(np.mean([d.keep for d in decisions])),
     )
 
 
