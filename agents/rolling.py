@@ -358,7 +358,8 @@ _buffer: list[tuple[int, dict[str, Any], float | None]] = []
 
 def observe(partition: int, record: dict[str, Any], clock: float | None = None) -> None:
     """Take one published score record of ``partition`` (called by the score agent) and
-    the partition's event-time clock after it (None: the record's ``ts``).
+    the partition's event-time clock after it (None: the record's ``ts``); or one
+    published training record, an example kept at label time (counted in ``kept``).
 
     Records are folded in per batch: when :data:`FOLD_BATCH` have gathered, and at every
     offset commit (the worker's commit barrier calls :func:`flush`), so everything an
@@ -386,8 +387,9 @@ def flush() -> None:
 
 def roll_batch(batch: list[tuple[int, dict[str, Any], float | None]]) -> None:
     """Fold score records ``(partition, record, clock)`` (``clock`` may be missing: the
-    record's ``ts``) into the user tables; forward item and category contributions to
-    their re-keying topics, one message per destination partition."""
+    record's ``ts``), and training records (one kept example each), into the user
+    tables; forward item and category contributions to their re-keying topics, one
+    message per destination partition."""
     # entries: [events, importance, kept, p, latest ts, latest clock]
     users: dict[tuple[int, str, float], list] = {}
     tops: dict[tuple[int, str], list[tuple[str, float, float]]] = {}
@@ -398,13 +400,20 @@ def roll_batch(batch: list[tuple[int, dict[str, Any], float | None]]) -> None:
             user, item = str(record["user_id"]), str(record["item_id"])
             ts = float(record["ts"])
             clock = ts if clock is None else float(clock)
-            importance, p = float(record["importance"]), float(record["p"])
-            kept = 1 if record.get("keep") else 0
             category = record.get("category_id")
+            if "label_source" in record:
+                # a training record: an example kept at label time, counted as kept in
+                # the pane of its own event time (its event counted when it was scored)
+                events, importance, kept, p = 0, 0.0, 1, 0.0
+            else:
+                events, kept = 1, 0
+                importance, p = float(record["importance"]), float(record["p"])
         except Exception:  # not a score record: nothing to roll up
             log.warning("rolling: skipping unreadable score record of partition %d", partition)
             continue
-        recent_importance.append(importance)
+        if events:
+            recent_importance.append(importance)
+            tops.setdefault((partition, user), []).append((item, ts, importance))
         start = pane_start(ts, STEP)
         keys = [(users, (partition, user, start)), (through, ("item", item, start))]
         if category is not None:
@@ -413,9 +422,9 @@ def roll_batch(batch: list[tuple[int, dict[str, Any], float | None]]) -> None:
             # [events, importance, kept, p, latest ts, latest clock], summed in place
             entry = bucket.get(key)
             if entry is None:
-                bucket[key] = [1, importance, kept, p, ts, clock]
+                bucket[key] = [events, importance, kept, p, ts, clock]
             else:
-                entry[0] += 1
+                entry[0] += events
                 entry[1] += importance
                 entry[2] += kept
                 entry[3] += p
@@ -423,7 +432,6 @@ def roll_batch(batch: list[tuple[int, dict[str, Any], float | None]]) -> None:
                     entry[4] = ts
                 if clock > entry[5]:
                     entry[5] = clock
-        tops.setdefault((partition, user), []).append((item, ts, importance))
     state = STATES["user"]
     for (partition, user, start), entry in users.items():
         state.put(partition, user, start, entry[:4], entry[4], entry[5])

@@ -185,13 +185,16 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
     if ROLLING:
         rolling.observe(partition, record, out.clock)
     counters.scored += 1
-    if out.kept:
-        counters.kept += 1
     if out.capped:
         warn_capped(partition, ev)
     for user, sample in out.training:
         output.send(TRAINING, orjson.dumps(sample), user.encode())
+        if ROLLING:
+            rolling.observe(partition, sample, out.clock)  # counts as kept in its pane
     counters.training_samples += len(out.training)
+    counters.kept += out.kept
+    counters.decided += len(out.decided)
+    counters.decided_positive += sum(label for _, label, _ in out.decided)
     for p, label in out.labelled:
         progressive.update(p, label)
     for item in out.resolved:

@@ -1,5 +1,6 @@
 """The importance engine: one event's way from features through the scorers to an
-importance, a keep decision and a weight, plus learning from resolved labels.
+importance, plus deciding (label-time sampling, :mod:`models.label_sampling`) and learning
+from labels once they are known.
 
 It is pure Python (no Kafka): the Faust agent, the offline ``importance score`` command
 and the benchmarks all drive the same engine.
@@ -8,11 +9,11 @@ and the benchmarks all drive the same engine.
 >>> engine = ImportanceEngine(target_rate=0.5)
 >>> ev = decode_event(b'{"user_id": 1, "item_id": 2, "type": "pv", "ts": 1511658000}')
 >>> out = engine.score(ev)
->>> sorted(out.scores), 0.0 <= out.importance <= 1.0, out.keep in (True, False)
+>>> sorted(out.scores), 0.0 <= out.importance <= 1.0, out.decision is None
 (['behavior', 'knn', 'logistic'], True, True)
->>> engine.learn(ev, 1)
->>> engine.updates
-1
+>>> decision = engine.resolve(ev, 1, out.p)   # its label is known: decide, then learn
+>>> decision.keep, decision.pi, engine.updates   # every positive is kept
+(True, 1.0, 1)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from models.clock import EventClock
 from models.events import Event
 from models.features import EMBEDDING_DIM, embed, hashed_features
 from models.importance import DEFAULT_WEIGHTS, RollingRank, blend
-from models.sampling import ImportanceSampler
+from models.label_sampling import LabelDecision, LabelSampler, make_sampler
 from models.scorers.base import EventFeatures
 from models.scorers.behavior import BehaviorPrior
 from models.scorers.knn import KNNImportance
@@ -44,9 +45,11 @@ class ScoredEvent:
     importance: float
     scores: dict[str, float]
     p: float
-    keep: bool
-    probability: float
-    weight: float
+    #: the event's hashed sparse features (what a label-time sampler reads)
+    x: dict[int, float]
+    #: the label-time decision of an event that carried its label (else None: decided
+    #: when its label resolves, :meth:`ImportanceEngine.resolve`)
+    decision: LabelDecision | None = None
 
     def record(
         self, *, updates: int, version: int, scored_at: float | None = None
@@ -63,9 +66,6 @@ class ScoredEvent:
             "importance": round(self.importance, 6),
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
             "p": round(self.p, 6),
-            "keep": self.keep,
-            "weight": round(self.weight, 6),
-            "keep_probability": round(self.probability, 6),
             "label": ev.label,
             "model": {"updates": updates, "version": version},
             "scored_at": time.time() if scored_at is None else scored_at,
@@ -73,12 +73,17 @@ class ScoredEvent:
 
 
 class ImportanceEngine:
-    """Behaviour prior + logistic learner + KNN scorer, blended, ranked and sampled."""
+    """Behaviour prior + logistic learner + KNN scorer, blended and ranked; labelled
+    examples kept or dropped by a label-time sampler (``sampler``: a name of
+    :data:`models.label_sampling.SAMPLERS` tuned to ``target_rate`` with ``salt``, or a
+    sampler)."""
 
     def __init__(
         self,
         *,
         target_rate: float = 0.2,
+        sampler: str | LabelSampler = "negative",
+        salt: int = 0,
         hash_bits: int = 18,
         knn_window: int = 1000,
         knn_neighbors: int = 10,
@@ -92,7 +97,11 @@ class ImportanceEngine:
         self.logistic = HashedLogistic()
         self.knn = KNNImportance(n_neighbors=knn_neighbors, window_size=knn_window)
         self.rank = RollingRank(rank_window)
-        self.sampler = ImportanceSampler(target_rate=target_rate)
+        self.sampler = (
+            sampler
+            if isinstance(sampler, LabelSampler)
+            else make_sampler(sampler, target_rate=target_rate, salt=salt)
+        )
         #: the partition's event-time clock (see :mod:`models.clock`), saved with the model
         self.clock = clock if clock is not None else EventClock()
         self.seen = 0
@@ -117,10 +126,11 @@ class ImportanceEngine:
         )
 
     def score(self, event: Event) -> ScoredEvent:
-        """Score an event, decide whether to keep it, and count it in the priors and in
-        the partition's clock (its lateness is measured against the clock with it).
+        """Score an event and count it in the priors and in the partition's clock (its
+        lateness is measured against the clock with it).
 
-        An event that carries an explicit ``label`` is scored with the realised gradient
+        An event that carries an explicit ``label`` is scored with the realised gradient,
+        decided (kept or dropped as a training example, with ``p`` from before learning)
         and learned from at once.
         """
         self.seen += 1
@@ -134,21 +144,30 @@ class ImportanceEngine:
         }
         self.behavior.observe(event)
         importance = self.rank.update(blend(scores, self.weights))
-        decision = self.sampler.decide(event.event_id, importance)
+        decision = None
         if event.label is not None:
+            decision = self.sampler.decide(event.event_id, event.label, p, feats.sparse)
             self._learn(event, feats, event.label)
         return ScoredEvent(
             event=event,
             importance=importance,
             scores=scores,
             p=p,
-            keep=decision.keep,
-            probability=decision.probability,
-            weight=decision.weight,
+            x=feats.sparse,
+            decision=decision,
         )
 
+    def resolve(self, event: Event, label: int, p: float) -> LabelDecision:
+        """An exposure's label is known: keep or drop it as a training example (``p``:
+        the learner's probability when it was scored, before it learned this label),
+        then learn from it."""
+        feats = self.features(event)
+        decision = self.sampler.decide(event.event_id, label, p, feats.sparse)
+        self._learn(event, feats, label)
+        return decision
+
     def learn(self, event: Event, label: int) -> None:
-        """Learn from an event whose label resolved after it was scored."""
+        """Learn from an event whose label resolved after it was scored (no decision)."""
         self._learn(event, self.features(event), label)
 
     def _learn(self, event: Event, feats: EventFeatures, label: int) -> None:
@@ -157,7 +176,9 @@ class ImportanceEngine:
 
     # -- state ------------------------------------------------------------------------
     def to_state(self) -> dict[str, dict[str, Any]]:
-        """Plain-data state in parts, each small enough for one Kafka message."""
+        """Plain-data state in parts, each small enough for one Kafka message (the
+        label-time sampler's in its own part, ``sampler``: its statistics may grow with
+        the features it saw, up to the hash size)."""
         self.version += 1
         return {
             "meta": {
@@ -167,12 +188,12 @@ class ImportanceEngine:
                 "watermark": self.watermark,  # read by earlier versions
                 "hash_bits": self.hash_bits,
                 "rank": self.rank.to_state(),
-                "sampler": self.sampler.to_state(),
                 "clock": self.clock.to_state(),
             },
             "logistic": self.logistic.to_state(),
             "knn": self.knn.to_state(),
             "behavior": self.behavior.to_state(),
+            "sampler": self.sampler.to_state(),
         }
 
     def load_state(self, parts: Mapping[str, Mapping[str, Any]]) -> None:
@@ -194,7 +215,11 @@ class ImportanceEngine:
             self.knn = KNNImportance.from_state(parts["knn"])
             self.behavior.load_state(parts["behavior"])
             self.rank.load_state(meta["rank"])
-            self.sampler.load_state(meta["sampler"])
+            # a snapshot of an earlier version has no label-time sampler: a fresh one
+            # (its "sampler" in meta was the pre-label rule's); another sampler's state
+            # is ignored by load_state
+            if "sampler" in parts:
+                self.sampler.load_state(parts["sampler"])
             if "clock" in meta:
                 self.clock.load_state(meta["clock"])
             else:

@@ -4,17 +4,22 @@ and the ``ceiling`` benchmark all run, so that they make the same decisions.
 For each validated event, :meth:`PartitionPipeline.process`:
 
 1. scores it (:class:`~models.engine.ImportanceEngine`; this also advances the
-   partition's event-time clock, :mod:`models.clock`);
+   partition's event-time clock, :mod:`models.clock`); an event that carries its
+   ``label`` is a training example decided at once (kept or dropped by the engine's
+   label-time sampler, :mod:`models.label_sampling`) and learned from;
 2. closes windows: of the partition's exposures whose deadline the partition's clock
    passed, and of the same user's exposures whose deadline the user's own (capped) time
    passed; converts the user's exposures of the item if the event is a conversion;
-3. tracks the event as a pending exposure (views, clicks, impressions without a label);
-4. learns from every label that resolved, in order;
+3. tracks the event as a pending exposure (views, clicks, impressions without a label),
+   with what its decision will need: ``p`` before learning and its ``importance`` (the
+   features are the event's own, hashed again when it resolves);
+4. decides every exposure whose label resolved (converted, window closed, evicted),
+   then learns from it, in order;
 5. counts the event towards the snapshot cadence;
 
-and returns an :class:`Outcome`: the score record and the training records to publish,
-the resolved labels, and figures for counters. Publishing, counting and snapshotting
-through Kafka are the caller's.
+and returns an :class:`Outcome`: the score record and the training records to publish
+(the kept examples only), every decision, the resolved labels, and figures for counters.
+Publishing, counting and snapshotting through Kafka are the caller's.
 
 >>> from models.events import decode_event
 >>> pipe = PartitionPipeline(0, PipelineConfig(target_keep_rate=1.0), labels={})
@@ -26,6 +31,8 @@ through Kafka are the caller's.
 >>> out = pipe.process(cart)
 >>> [(r.reason, r.label) for r in out.resolved], pipe.engine.updates
 ([('converted', 1)], 1)
+>>> [(t["label"], t["label_source"], t["pi"], t["sampler"]) for _, t in out.training]
+[(1, 'converted', 1.0, 'negative')]
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 from models.clock import EventClock
 from models.engine import ImportanceEngine
 from models.events import CONVERSION_TYPES, EXPOSURE_TYPES, Event
+from models.label_sampling import LabelDecision, LabelSampler, make_sampler
 from models.labels import LabelAttribution, Resolved
 
 __all__ = ["Outcome", "PartitionPipeline", "PipelineConfig", "training_record"]
@@ -49,6 +57,8 @@ class PipelineConfig:
     """The settings the per-event path depends on (names as in ``stream_app.config``)."""
 
     target_keep_rate: float = 0.2
+    importance_sampler: str = "negative"
+    importance_sampler_salt: int = 0
     attribution_window_s: float = 1800.0
     max_pending_per_user: int = 64
     max_pending_per_partition: int = 200_000
@@ -59,6 +69,7 @@ class PipelineConfig:
     clock_recent_users: int = 128
 
     def __post_init__(self) -> None:
+        self.new_sampler()  # raises ValueError on an unknown sampler or a bad rate or salt
         EventClock(  # raises ValueError on clock settings out of range
             users=self.clock_users,
             recent_users=self.clock_recent_users,
@@ -79,9 +90,20 @@ class PipelineConfig:
             now=now,
         )
 
+    def new_sampler(self) -> LabelSampler:
+        """A fresh label-time sampler (``importance_sampler`` tuned to the target rate)."""
+        return make_sampler(
+            self.importance_sampler, self.target_keep_rate, self.importance_sampler_salt
+        )
+
     def new_engine(self, now: Callable[[], float] = time.time) -> ImportanceEngine:
-        """A fresh engine with its clock (``now``: the wall clock, for the clock's cap)."""
-        return ImportanceEngine(target_rate=self.target_keep_rate, clock=self.new_clock(now))
+        """A fresh engine with its clock (``now``: the wall clock, for the clock's cap)
+        and its label-time sampler."""
+        return ImportanceEngine(
+            target_rate=self.target_keep_rate,
+            sampler=self.new_sampler(),
+            clock=self.new_clock(now),
+        )
 
     def new_labels(self, store: MutableMapping[str, dict[str, Any]]) -> LabelAttribution:
         return LabelAttribution(
@@ -92,9 +114,32 @@ class PipelineConfig:
         )
 
 
-def training_record(scored: dict[str, Any], label: int | None, source: str) -> dict[str, Any]:
-    """A record of ``training-samples``: the score record with its label and its source."""
-    return {**scored, "label": label, "label_source": source}
+def training_record(
+    event: Event,
+    partition: int,
+    info: dict[str, Any],
+    label: int,
+    source: str,
+    decision: LabelDecision,
+) -> dict[str, Any]:
+    """A record of ``training-samples`` (see the README contract): the example's ids, its
+    ``importance`` when scored, its label and where it came from, ``p`` (the learner's
+    probability before it learned this label) and how to correct for the sampling."""
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "category_id": event.category_id,
+        "type": event.type,
+        "ts": event.ts,
+        "partition": partition,
+        # (None for an exposure that an earlier version tracked without it)
+        "importance": round(info["importance"], 6) if "importance" in info else None,
+        "label": label,
+        "label_source": source,
+        "p": round(info["p"], 9),
+        **decision.fields(),
+    }
 
 
 @dataclass(slots=True)
@@ -103,17 +148,25 @@ class Outcome:
 
     #: the score record (``importance-scores``, keyed by its ``user_id``)
     record: dict[str, Any]
-    #: ``(user_id, record)`` for ``training-samples``, in publishing order
+    #: ``(user_id, record)`` for ``training-samples``: the kept examples, in publishing
+    #: order
     training: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    #: labels known now, in the order they were learned
+    #: labels known now, in the order they were learned (exposures; the event's own
+    #: explicit label is not among them)
     resolved: list[Resolved] = field(default_factory=list)
     #: ``(p before learning, label)`` per label learned, for progressive metrics
     labelled: list[tuple[float, int]] = field(default_factory=list)
-    kept: bool = False
+    #: ``(event_id, label, decision)`` per example decided now, kept or not, in order
+    decided: list[tuple[str, int, LabelDecision]] = field(default_factory=list)
     #: the event's time was beyond the wall clock plus the allowed skew
     capped: bool = False
     #: the partition's event-time clock after the event
     clock: float = 0.0
+
+    @property
+    def kept(self) -> int:
+        """How many examples were kept now (published on ``training-samples``)."""
+        return len(self.training)
 
 
 class PartitionPipeline:
@@ -160,29 +213,42 @@ class PartitionPipeline:
             updates=engine.updates, version=engine.version, scored_at=self.wall()
         )
         record["partition"] = partition
-        out = Outcome(record, kept=scored.keep, capped=clock.capped > capped_before)
-        user = ev.user_id
+        out = Outcome(record, capped=clock.capped > capped_before)
         if ev.label is not None:
+            info = {"p": scored.p, "importance": scored.importance}
             out.labelled.append((scored.p, ev.label))  # scored before score() learned it
-            if scored.keep:
-                out.training.append((user, training_record(record, ev.label, "explicit")))
+            assert scored.decision is not None  # score() decides every explicit label
+            self._decided(out, ev, info, ev.label, "explicit", scored.decision)
         elif ev.type in EXPOSURE_TYPES:
-            # what resolving it needs: the whole record only when it becomes a training sample
-            info = record if scored.keep else {"p": record["p"], "keep": False}
+            # what deciding it needs (its features are hashed again from the event)
+            info = {"p": scored.p, "importance": scored.importance}
             resolved.extend(labels.track(partition, ev, info))
-        elif scored.keep:
-            out.training.append((user, training_record(record, None, "none")))
         for item in resolved:
-            out.labelled.append((item.info.get("p", -1.0), item.label))  # p from before
-            engine.learn(item.event, item.label)
-            if item.info.get("keep"):
-                out.training.append(
-                    (item.event.user_id, training_record(item.info, item.label, item.reason))
-                )
+            p = item.info.get("p", -1.0)  # p from before it learned this label
+            out.labelled.append((p, item.label))
+            if p < 0.0:  # tracked by an earlier version without p: learn, do not decide
+                engine.learn(item.event, item.label)
+                continue
+            decision = engine.resolve(item.event, item.label, p)
+            self._decided(out, item.event, item.info, item.label, item.reason, decision)
         out.resolved = resolved
         out.clock = clock.time
         self.since_snapshot += 1
         return out
+
+    def _decided(
+        self,
+        out: Outcome,
+        ev: Event,
+        info: dict[str, Any],
+        label: int,
+        source: str,
+        decision: LabelDecision,
+    ) -> None:
+        out.decided.append((ev.event_id, label, decision))
+        if decision.keep:
+            record = training_record(ev, self.partition, info, label, source, decision)
+            out.training.append((ev.user_id, record))
 
     # -- snapshots --------------------------------------------------------------------
     def due(self) -> bool:

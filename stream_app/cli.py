@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,37 +76,100 @@ def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
 @click.option("--format", "fmt", type=FORMATS, default=None, help="Default: from the file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--limit", type=int, default=None, help="Score at most N events.")
-@click.option("--target-rate", type=float, default=None, help="Target keep rate.")
+@click.option(
+    "--training",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the training records (kept examples) a one-partition worker publishes.",
+)
+@click.option(
+    "--sampler",
+    type=str,
+    default=None,
+    help="Label-time sampler (default: IMPORTANCE_SAMPLER).",
+)
+@click.option(
+    "--target-rate",
+    type=float,
+    default=None,
+    help="Target kept fraction of labelled examples (default: IMPORTANCE_TARGET_KEEP_RATE).",
+)
+@click.option(
+    "--salt",
+    type=int,
+    default=None,
+    help="Salt of the sampling coin (default: IMPORTANCE_SAMPLER_SALT).",
+)
 def score(
-    file: Path, fmt: str | None, output: Path, limit: int | None, target_rate: float | None
+    file: Path,
+    fmt: str | None,
+    output: Path,
+    limit: int | None,
+    training: Path | None,
+    sampler: str | None,
+    target_rate: float | None,
+    salt: int | None,
 ) -> None:
-    """Score a file offline with the worker's engine (no Kafka) into JSON lines."""
-    from models.pipeline import PipelineConfig
+    """Score a file offline with the worker's pipeline (no Kafka) into JSON lines: score
+    records, and with --training the training records of the kept examples."""
+    from models.pipeline import Outcome, PipelineConfig
+    from stream_app.config import Settings, SettingsError
     from stream_app.datasets import read_events
-    from stream_app.offline import score_events
+    from stream_app.offline import process_events, score_record
     from stream_app.replay import infer_format
 
-    settings = env_settings()
-    config = PipelineConfig.from_settings(
-        settings, target_keep_rate=target_rate or settings.target_keep_rate
-    )
+    env_settings()  # the environment's own problems, reported as for the worker
+    options = {
+        "IMPORTANCE_SAMPLER": sampler,
+        "IMPORTANCE_TARGET_KEEP_RATE": target_rate,
+        "IMPORTANCE_SAMPLER_SALT": salt,
+    }
+    given = {k: str(v) for k, v in options.items() if v is not None}
+    try:  # the options validated as the worker validates its settings
+        settings = Settings.from_env({**os.environ, **given})
+    except SettingsError as exc:
+        raise click.UsageError(_option_error(exc)) from None
+    config = PipelineConfig.from_settings(settings)
     fmt = fmt or infer_format(file)
-    n = errors = kept = 0
+    n = errors = decided = kept = positives = 0
     started = time.perf_counter()
-    with output.open("wb") as out:
-        for record in score_events(read_events(file, fmt, limit=limit), config=config):
-            out.write(orjson.dumps(record) + b"\n")
-            if "error" in record:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(output.open("wb"))
+        train = stack.enter_context(training.open("wb")) if training is not None else None
+        for outcome in process_events(read_events(file, fmt, limit=limit), config):
+            if not isinstance(outcome, Outcome):
+                out.write(orjson.dumps(outcome) + b"\n")
                 errors += 1
-            else:
-                n += 1
-                kept += record["keep"]
+                continue
+            n += 1
+            out.write(orjson.dumps(score_record(outcome)) + b"\n")
+            decided += len(outcome.decided)
+            kept += outcome.kept
+            positives += sum(label for _, label, _ in outcome.decided)
+            if train is not None:
+                for _user, record in outcome.training:
+                    train.write(orjson.dumps(record) + b"\n")
     seconds = time.perf_counter() - started
     click.echo(
         f"scored {n} events ({errors} invalid) in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):,.0f} events/s); "
-        f"kept {kept} ({kept / max(n, 1):.1%}) -> {output}"
+        f"({n / max(seconds, 1e-9):,.0f} events/s) -> {output}; "
+        f"{decided} labelled examples ({positives} positive), "
+        f"kept {kept} ({kept / max(decided, 1):.1%}) with sampler "
+        f"{config.importance_sampler!r}" + (f" -> {training}" if training is not None else "")
     )
+
+
+def _option_error(exc: Exception) -> str:
+    """A settings error in the words of the command's options."""
+    import re
+
+    options = {
+        "IMPORTANCE_SAMPLER_SALT": "--salt",
+        "IMPORTANCE_SAMPLER": "--sampler",
+        "IMPORTANCE_TARGET_KEEP_RATE": "--target-rate",
+    }
+    pattern = r"\b(" + "|".join(options) + r")="
+    return re.sub(pattern, lambda m: f"{options[m[1]]} (or {m[1]})=", str(exc))
 
 
 @main.command()

@@ -147,11 +147,25 @@ class Settings(BaseSettings):
     target_keep_rate: float = _var(
         "IMPORTANCE_TARGET_KEEP_RATE",
         0.2,
-        "target fraction of events kept",
+        "target kept fraction of labelled training examples (positives included)",
         "a number > 0 and <= 1",
         gt=0.0,
         le=1.0,
         allow_inf_nan=False,
+    )
+    importance_sampler: str = _var(
+        "IMPORTANCE_SAMPLER",
+        "negative",
+        "label-time sampler of training examples (models/label_sampling.py)",
+        "one of the samplers of models.label_sampling.SAMPLERS",
+    )
+    importance_sampler_salt: int = _var(
+        "IMPORTANCE_SAMPLER_SALT",
+        0,
+        "salt of the sampling coin (another salt: an independent replicate)",
+        "an integer from 0 to 2**63 - 1",
+        ge=0,
+        lt=2**63,
     )
     snapshot_every: int = _var(
         "IMPORTANCE_SNAPSHOT_EVERY",
@@ -379,6 +393,17 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("importance_sampler")
+    @classmethod
+    def _sampler(cls, value: str) -> str:
+        from models.label_sampling import SAMPLERS
+
+        if value not in SAMPLERS:
+            raise ValueError(
+                f"unknown sampler {value!r}; choose one of {', '.join(sorted(SAMPLERS))}"
+            )
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -21,6 +21,10 @@ class Counters:
     scored: int = 0
     #: events scored by the decode agent because they were already in their user's partition
     scored_in_place: int = 0
+    #: labelled training examples decided by the label-time sampler (kept or not), of
+    #: them positive, and kept (each published on training-samples)
+    decided: int = 0
+    decided_positive: int = 0
     kept: int = 0
     training_samples: int = 0
     labels_resolved: int = 0

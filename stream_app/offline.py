@@ -1,5 +1,7 @@
 """Offline scoring: the worker's per-event pipeline (:class:`models.pipeline.PartitionPipeline`)
-over a file, as one partition, without Kafka (``importance score FILE -o OUT.jsonl``)."""
+over a file, as one partition, without Kafka (``importance score FILE -o OUT.jsonl
+[--training TRAIN.jsonl]``): the same score records and the same label-time decisions,
+so the training records are exactly those a one-partition worker publishes."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from models.engine import ImportanceEngine
 from models.events import InvalidEvent, decode_event, validate_event
 from models.pipeline import Outcome, PartitionPipeline, PipelineConfig
 
-__all__ = ["process_events", "score_events"]
+__all__ = ["process_events", "score_events", "score_record", "training_events"]
 
 
 def process_events(
@@ -63,8 +65,27 @@ def score_events(
     if config is None:
         config = PipelineConfig(target_keep_rate=target_rate, attribution_window_s=window_s)
     for out in process_events(events, config, engine=engine, wall=wall):
+        yield score_record(out) if isinstance(out, Outcome) else out
+
+
+def score_record(out: Outcome) -> dict[str, Any]:
+    """The offline score record of an outcome: the worker's without its ``partition``."""
+    return {k: v for k, v in out.record.items() if k != "partition"}
+
+
+def training_events(
+    events: Iterable[dict[str, Any] | bytes],
+    config: PipelineConfig | None = None,
+    *,
+    wall: Callable[[], float] = time.time,
+) -> Iterator[dict[str, Any]]:
+    """The training records a one-partition worker publishes for ``events`` (partition
+    0), in its publishing order: the kept examples, each once its label is known.
+
+    Exposures still waiting for their label at the end of the input are not decided
+    (a worker would decide them when their window closes, on later events).
+    """
+    for out in process_events(events, config, wall=wall):
         if isinstance(out, Outcome):
-            # a copy: the record itself may be held as a pending exposure's training record
-            yield {k: v for k, v in out.record.items() if k != "partition"}
-        else:
-            yield out
+            for _user, record in out.training:
+                yield record

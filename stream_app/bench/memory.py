@@ -224,8 +224,8 @@ def _breakdown(r: dict[str, Any]) -> list[str]:
         f"Most of the state is the pending exposures waiting for their label: they stop "
         f"growing once the attribution window has filled (about {filled['events']:,} events "
         f"here), at about {per_pending / 1024:.1f} KiB each (RSS growth up to then ÷ pending "
-        f"exposures; each keeps the event, and the score record it was published with when "
-        f"the sampler kept it, else its p). "
+        f"exposures; each keeps the event, its p and its importance: what its label-time "
+        f"decision needs). "
         f"What still grows afterwards, slower and slower, is the logistic learners' weights "
         f"filling their hashed feature space: {final['logistic_weights']:,} of "
         f"{capacity:,} buckets ({r['config']['partitions']} partitions × 2^18) at the end.",

@@ -715,7 +715,7 @@ def microbench(n: int) -> dict[str, float]:
 
     timed("knn (score + learn)", run_knn, n)
     engine = ImportanceEngine()
-    timed("engine.score (all three + rank + sampler)", lambda: [engine.score(e) for e in events], n)
+    timed("engine.score (all three + rank)", lambda: [engine.score(e) for e in events], n)
     scored = [engine.score(e) for e in events]
     timed(
         "record + orjson.dumps",
@@ -730,7 +730,7 @@ def microbench(n: int) -> dict[str, float]:
             if e.type in CONVERSION_TYPES:
                 attribution.convert(0, e)
             elif e.type in EXPOSURE_TYPES:
-                attribution.track(0, e, {"keep": False})
+                attribution.track(0, e, {"p": 0.5, "importance": 0.5})
 
     timed("label attribution", run_labels, n)
     pipeline = PlainPipeline()

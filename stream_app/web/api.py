@@ -554,6 +554,7 @@ def take_sample() -> dict[str, Any]:
         "events_in": counters.events_in,
         "scored": counters.scored,
         "dlq": counters.dlq,
+        "decided": counters.decided,
         "kept": counters.kept,
         "lag": consumer_lag()["total"],
         "updates": updates,
@@ -583,13 +584,13 @@ def history(n: int) -> list[dict[str, Any]]:
     samples = list(SAMPLES)[-(n + 1) :]
     out = []
     for before, after in pairwise(samples):
-        scored = after["scored"] - before["scored"]
+        decided = after["decided"] - before["decided"]
         kept = after["kept"] - before["kept"]
         out.append(
             {
                 "t": round(after["t"], 3),
                 **_rates(before, after),
-                "keep_rate": round(kept / scored, 6) if scored > 0 else None,
+                "keep_rate": round(kept / decided, 6) if decided > 0 else None,
                 "lag": after["lag"],
                 "auc": after["auc"],
                 "log_loss": after["log_loss"],
@@ -611,6 +612,8 @@ def stats_document(history_n: int = 0) -> dict[str, Any]:
             "decoded": counters.decoded,
             "dlq": counters.dlq,
             "scored": counters.scored,
+            "decided": counters.decided,
+            "decided_positive": counters.decided_positive,
             "kept": counters.kept,
             "training_samples": counters.training_samples,
             "labels_resolved": counters.labels_resolved,
@@ -620,7 +623,8 @@ def stats_document(history_n: int = 0) -> dict[str, Any]:
         },
         "dlq_by_code": dict(counters.dlq_by_code),
         "rates": rates,
-        "keep_rate": round(counters.kept / counters.scored, 6) if counters.scored else None,
+        # the kept fraction of labelled training examples (IMPORTANCE_TARGET_KEEP_RATE)
+        "keep_rate": round(counters.kept / counters.decided, 6) if counters.decided else None,
         "lag": consumer_lag(),
         "model": {"updates": updates, "partitions": partitions},
         "progressive": {
@@ -673,7 +677,16 @@ class ServiceCollector:
             ("importance_decoded", counters.decoded, "Valid events"),
             ("importance_dlq", counters.dlq, "Messages sent to the dead-letter topic"),
             ("importance_scored", counters.scored, "Events scored"),
-            ("importance_kept", counters.kept, "Events kept by the sampler"),
+            (
+                "importance_decided",
+                counters.decided,
+                "Labelled training examples decided by the label-time sampler",
+            ),
+            (
+                "importance_kept",
+                counters.kept,
+                "Labelled training examples kept by the label-time sampler",
+            ),
             ("importance_training_samples", counters.training_samples, "Training samples"),
             ("importance_labels_resolved", counters.labels_resolved, "Labels resolved"),
             (

@@ -70,10 +70,13 @@ def clocks_after(records: list[dict]) -> list[float]:
     return out
 
 
-def expected_top(records: list[dict], entity: str, window: str, k: int) -> list[dict]:
+def expected_top(
+    records: list[dict], entity: str, window: str, k: int, training: list[dict]
+) -> list[dict]:
     """Top k of ``entity`` over the window that ends with the pane of the table's
     event-time clock: the largest clock that came with a record that has this entity
-    (each entity's table keeps its own clock; never the latest ``ts``)."""
+    (each entity's table keeps its own clock; never the latest ``ts``). ``kept``: the
+    training records (examples kept at label time) of the window's events."""
     field = {"item": "item_id", "category": "category_id", "user": "user_id"}[entity]
     now = max(
         clock
@@ -89,8 +92,10 @@ def expected_top(records: list[dict], entity: str, window: str, k: int) -> list[
         t = totals[str(r[field])]
         t[0] += 1
         t[1] += r["importance"]
-        t[2] += 1 if r["keep"] else 0
         t[3] += r["p"]
+    for r in training:
+        if r.get(field) is not None and start <= r["ts"] < end and str(r[field]) in totals:
+            totals[str(r[field])][2] += 1
     ranked = sorted(totals.items(), key=lambda kv: (-round(kv[1][1], 9), kv[0]))[:k]
     return [
         {"id": key, "events": n, "importance": imp, "kept": kept, "p_mean": p / n}
@@ -159,6 +164,20 @@ def fed_worker(bootstrap, tmp_path_factory):
     next(factory, None)  # stops the worker
 
 
+@pytest.fixture(scope="module")
+def fed_training(fed_worker, bootstrap):
+    """The training records of the fed worker (the examples it kept at label time)."""
+    worker, _ = fed_worker
+    # every event is scored: the count of training records is final
+    _, stats = get_json(worker.settings.web_port, "/api/stats")
+    n = stats["totals"]["training_samples"]
+    training = consume_all(
+        bootstrap, worker.settings.topic_training, until=lambda rs: len(rs) >= n, timeout=60
+    )
+    assert len(training) == n > 0
+    return training
+
+
 @pytest.mark.parametrize(
     ("entity", "path", "window"),
     [
@@ -169,11 +188,11 @@ def fed_worker(bootstrap, tmp_path_factory):
         ("user", "users", "1h"),
     ],
 )
-def test_top_lists_match_the_score_records(fed_worker, entity, path, window):
+def test_top_lists_match_the_score_records(fed_worker, fed_training, entity, path, window):
     worker, records = fed_worker
     port = worker.settings.web_port
     k = 20
-    expected = expected_top(records, entity, window, k)
+    expected = expected_top(records, entity, window, k, fed_training)
     assert expected, "the synthetic replay should fill the window"
 
     def matches():
@@ -221,16 +240,20 @@ def test_user_top_items_match_the_score_records(fed_worker):
         assert doc["as_of"] == max(r["ts"] for r in records if r["user_id"] == user)
 
 
-def test_stats_count_what_was_processed(fed_worker):
-    worker, records = fed_worker
+def test_stats_count_what_was_processed(fed_worker, fed_training):
+    worker, _ = fed_worker
     port = worker.settings.web_port
     status, stats = get_json(port, "/api/stats?history=30")
     assert status == 200
     assert stats["totals"]["events_in"] == N_EVENTS
     assert stats["totals"]["scored"] == N_EVENTS
     assert stats["totals"]["dlq"] == 0
-    assert stats["totals"]["kept"] == sum(1 for r in records if r["keep"])
-    assert stats["keep_rate"] == pytest.approx(stats["totals"]["kept"] / N_EVENTS, abs=1e-6)
+    # kept: the labelled examples kept at label time, each published once
+    totals = stats["totals"]
+    assert totals["kept"] == totals["training_samples"] == len(fed_training)
+    assert totals["decided_positive"] == sum(r["label"] for r in fed_training)  # all kept
+    assert totals["decided"] > totals["kept"]
+    assert stats["keep_rate"] == pytest.approx(totals["kept"] / totals["decided"], abs=1e-6)
     assert stats["model"]["updates"] > 0
     assert sorted(stats["model"]["partitions"]) == [0, 1, 2, 3]
     prog = stats["progressive"]
@@ -383,8 +406,13 @@ def test_rolling_state_survives_a_restart(bootstrap, worker_factory):
         until=lambda rs: ids <= {r["event_id"] for r in rs},
         timeout=180,
     )
+    _, stats = get_json(port, "/api/stats")  # every event scored: the count is final
+    n = stats["totals"]["training_samples"]
+    training = consume_all(
+        bootstrap, worker.settings.topic_training, until=lambda rs: len(rs) >= n, timeout=60
+    )
     expected = {
-        (entity, window): expected_top(records, entity, window, 10)
+        (entity, window): expected_top(records, entity, window, 10, training)
         for entity in ("item", "category")
         for window in WINDOWS
     }

@@ -67,6 +67,21 @@ def test_allowed_values_are_stated():
     assert "allowed: a number > 0 and <= 1" in str(info.value)
 
 
+def test_the_sampler_and_its_salt_are_checked():
+    from models.label_sampling import SAMPLERS
+
+    settings = Settings.from_env({"IMPORTANCE_SAMPLER": "uniform", "IMPORTANCE_SAMPLER_SALT": "9"})
+    assert (settings.importance_sampler, settings.importance_sampler_salt) == ("uniform", 9)
+    assert Settings.from_env({}).importance_sampler == "negative"
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IMPORTANCE_SAMPLER": "best", "IMPORTANCE_SAMPLER_SALT": "-1"})
+    assert len(info.value.problems) == 2
+    text = str(info.value)
+    assert "IMPORTANCE_SAMPLER='best': unknown sampler 'best'; choose one of" in text
+    assert all(name in text for name in SAMPLERS)
+    assert "IMPORTANCE_SAMPLER_SALT='-1'" in text
+
+
 def test_secret_values_never_appear_in_errors():
     secret = "hunter2-Secret"
     with pytest.raises(SettingsError) as info:

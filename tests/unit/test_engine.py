@@ -14,9 +14,10 @@ import pytest
 from models.clock import EventClock
 from models.engine import ImportanceEngine
 from models.events import ERROR_CODES, validate_event
+from models.pipeline import PipelineConfig
 from models.sampling import uniform_from_id
 from models.state import STATE_SCHEMA, StateError, decode_array, encode_array
-from stream_app.offline import score_events
+from stream_app.offline import process_events, score_events
 
 TS = 1_511_658_000
 
@@ -31,9 +32,6 @@ RECORD_FIELDS = {
     "importance",
     "scores",
     "p",
-    "keep",
-    "weight",
-    "keep_probability",
     "label",
     "model",
     "scored_at",
@@ -73,13 +71,6 @@ def check_record(rec: dict) -> None:
     assert set(rec["scores"]) == {"behavior", "logistic", "knn"}
     assert all(0.0 <= v <= 1.0 for v in rec["scores"].values())
     assert 0.0 <= rec["p"] <= 1.0
-    assert isinstance(rec["keep"], bool)
-    assert 0.0 < rec["keep_probability"] <= 1.0
-    if rec["keep"]:
-        assert rec["weight"] == pytest.approx(1.0 / rec["keep_probability"], rel=1e-5)
-        assert rec["weight"] >= 1.0
-    else:
-        assert rec["weight"] == 0.0
     assert rec["label"] in (None, 0, 1)
     assert set(rec["model"]) == {"updates", "version"}
     assert isinstance(rec["model"]["updates"], int) and rec["model"]["updates"] >= 0
@@ -146,13 +137,32 @@ def test_watermark_and_lateness():
 def test_scoring_is_deterministic_and_the_coin_is_the_event_id():
     evs = make_events(500, seed=6, labelled_every=4)
     a, b = ImportanceEngine(), ImportanceEngine()
-    ra = [a.score(ev).record(updates=a.updates, version=0, scored_at=0.0) for ev in evs]
-    rb = [b.score(ev).record(updates=b.updates, version=0, scored_at=0.0) for ev in evs]
+    sa = [a.score(ev) for ev in evs]
+    sb = [b.score(ev) for ev in evs]
+    ra = [s.record(updates=0, version=0, scored_at=0.0) for s in sa]
+    rb = [s.record(updates=0, version=0, scored_at=0.0) for s in sb]
     assert ra == rb  # a replay of the same stream makes the same records and decisions
-    for ev, rec in zip(evs, ra, strict=True):
-        assert rec["keep"] == (uniform_from_id(ev.event_id) < rec["keep_probability"])
-    kept = sum(r["keep"] for r in ra)
-    assert 0 < kept < len(ra)
+    assert [s.decision for s in sa] == [s.decision for s in sb]
+    decided = [(ev, s.decision) for ev, s in zip(evs, sa, strict=True) if ev.label is not None]
+    assert all(s.decision is None for ev, s in zip(evs, sa, strict=True) if ev.label is None)
+    for ev, d in decided:
+        assert d.keep == (uniform_from_id(ev.event_id) < d.pi)
+        assert d.pi == (d.pi_positive if ev.label else d.pi_negative)
+        if ev.label:
+            assert d.keep and d.pi == 1.0  # every positive kept
+    negatives = [d.keep for ev, d in decided if not ev.label]
+    assert 0 < sum(negatives) < len(negatives)
+
+
+def test_resolve_decides_with_the_given_p_then_learns():
+    engine = ImportanceEngine(target_rate=0.05)
+    ev = make_events(1, seed=11)[0]
+    scored = engine.score(ev)
+    before = engine.sampler.decided
+    d = engine.resolve(ev, 0, scored.p)
+    assert engine.sampler.decided == before + 1 and engine.updates == 1
+    assert d.pi == d.pi_negative < 1.0 and d.pi_positive == 1.0
+    assert d.keep == (uniform_from_id(ev.event_id) < d.pi)
 
 
 def _warm_engine(seed: int) -> tuple[ImportanceEngine, list]:
@@ -179,16 +189,9 @@ def test_state_round_trip_through_json_gives_identical_scores():
     for ev in rest:
         ra, rb = a.score(ev), b.score(ev)
         assert ra.scores == rb.scores
-        assert (ra.importance, ra.p, ra.keep, ra.probability, ra.weight) == (
-            rb.importance,
-            rb.p,
-            rb.keep,
-            rb.probability,
-            rb.weight,
-        )
+        assert (ra.importance, ra.p, ra.decision) == (rb.importance, rb.p, rb.decision)
         if ev.label is None and ev.type in {"view", "click"}:
-            a.learn(ev, 1)
-            b.learn(ev, 1)
+            assert a.resolve(ev, 1, ra.p) == b.resolve(ev, 1, rb.p)
     assert a.updates == b.updates
     # Each snapshot bumps the version.
     assert a.to_state()["meta"]["version"] == 2
@@ -197,7 +200,8 @@ def test_state_round_trip_through_json_gives_identical_scores():
 def test_state_parts_are_json_objects():
     engine, _ = _warm_engine(seed=8)
     state = engine.to_state()
-    assert set(state) == {"meta", "logistic", "knn", "behavior"}
+    assert set(state) == {"meta", "logistic", "knn", "behavior", "sampler"}
+    assert state["sampler"]["name"] == "negative"
     for part in state.values():
         assert isinstance(orjson.loads(orjson.dumps(part)), dict)
     assert state["meta"]["schema"] == STATE_SCHEMA
@@ -236,7 +240,8 @@ def _garbage_states():
             lambda s: s["logistic"].update(w=encode_array(np.zeros(1, np.float64)))
         ),
         "rank_values_not_list": mutated(lambda s: s["meta"]["rank"].update(values=5)),
-        "sampler_list": mutated(lambda s: s["meta"].update(sampler=[])),
+        "sampler_list": mutated(lambda s: s.update(sampler=[])),
+        "sampler_counts": mutated(lambda s: s["sampler"].update(n_pos=-1.0)),
         "version_string": mutated(lambda s: s["meta"].update(version="v1")),
         "huge_shape": mutated(lambda s: s["behavior"]["items"].update(shape=[1e300])),
         "wrapping_shape": mutated(lambda s: s["logistic"]["idx"].update(shape=[2**62, 4], b64="")),
@@ -308,12 +313,16 @@ def test_offline_score_events():
 
 
 def test_offline_default_engine_and_target_rate():
-    stream = [r.to_dict() for r in make_events(3000, seed=10)]
+    stream = [r.to_dict() for r in make_events(3000, seed=10, labelled_every=2)]
     records = list(score_events(stream, target_rate=0.3))
     assert len(records) == 3000
-    kept = np.mean([r["keep"] for r in records[1000:]])
-    assert 0.2 < kept < 0.4
     assert records[-1]["model"]["updates"] > 500
+    # the kept fraction of labelled examples follows the target rate (explicit labels
+    # here: half the events; about half of them positive, all kept)
+    outcomes = list(process_events(stream, PipelineConfig(target_keep_rate=0.3)))
+    decided = [d for out in outcomes for d in out.decided]
+    kept = np.mean([d.keep for _, _, d in decided[500:]])
+    assert 0.25 < kept < 0.35, kept
 
 
 # --------------------------------------------------------------------------------------

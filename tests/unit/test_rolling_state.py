@@ -118,22 +118,25 @@ def test_roll_batch_sums_per_pane_and_packs_rekeyed_contributions(sent, monkeypa
         table.data.clear()
     t0 = 1_700_000_040.0
 
-    def rec(user, item, ts, importance, keep, p, category="c1"):
+    def rec(user, item, ts, importance, p, category="c1"):
         return {
             "user_id": user,
             "item_id": item,
             "ts": ts,
             "importance": importance,
-            "keep": keep,
             "p": p,
             "category_id": category,
         }
 
+    # a training record (an example kept at label time) counts as kept in the pane of
+    # its own event time, and not as an event
+    kept = {**rec("u1", "i1", t0 + 1, 0.5, 0.1), "label": 0, "label_source": "window_closed"}
     rolling.roll_batch(
         [
-            (1, rec("u1", "i1", t0 + 1, 0.5, True, 0.1)),
-            (1, rec("u1", "i1", t0 + 2, 0.25, False, 0.3)),
-            (2, rec("u2", "i2", t0 + 70, 1.0, False, 0.2)),
+            (1, rec("u1", "i1", t0 + 1, 0.5, 0.1)),
+            (1, rec("u1", "i1", t0 + 2, 0.25, 0.3)),
+            (2, rec("u2", "i2", t0 + 70, 1.0, 0.2)),
+            (1, kept, t0 + 200),
         ]
     )
     user = rolling.STATES["user"]
@@ -148,9 +151,9 @@ def test_roll_batch_sums_per_pane_and_packs_rekeyed_contributions(sent, monkeypa
                 rows[(topic.rsplit("-", 1)[1], row[0], row[1])] = row[2:]
     # [latest ts, *delta, latest clock]: without a clock, a record's clock is its ts
     assert rows == {
-        ("item", "i1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4), t0 + 2],
+        ("item", "i1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4), t0 + 200],
         ("item", "i2", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2, t0 + 70],
-        ("category", "c1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4), t0 + 2],
+        ("category", "c1", t0): [t0 + 2, 2, 0.75, 1, pytest.approx(0.4), t0 + 200],
         ("category", "c1", t0 + 60): [t0 + 70, 1, 1.0, 0, 0.2, t0 + 70],
     }
     for table in _tables():
@@ -163,7 +166,6 @@ def _record(user, item, ts, importance=0.5):
         "item_id": item,
         "ts": ts,
         "importance": importance,
-        "keep": True,
         "p": 0.1,
         "category_id": "c",
     }
