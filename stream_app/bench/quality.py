@@ -606,7 +606,10 @@ def _estimators(method: str) -> tuple[str, ...]:
 
 
 def run_semi_synthetic(
-    pop: Population, cfg: SemiConfig, log: Callable[[str], None] = lambda _s: None
+    pop: Population,
+    cfg: SemiConfig,
+    log: Callable[[str], None] = lambda _s: None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Part 1 on one population: per replicate (label draw × coin) and method, the excess
     log-loss and coefficient error of each estimator and penalty, and the kept fraction."""
@@ -674,16 +677,20 @@ def run_semi_synthetic(
             f"  {pop.key}: label draw {s + 1}/{cfg.streams} done "
             f"({time.perf_counter() - started:.0f} s)"
         )
-    return {
-        "title": pop.title,
-        "rows": n_rows,
-        "columns": int(pop.x.shape[1]),
-        "groups": pop.groups,
-        "positive_rate": float(p_true[rows].mean()),
-        "records": records,
-        "seconds": time.perf_counter() - started,
-        "online_seconds": online_seconds,
-    }
+        partial = {
+            "title": pop.title,
+            "rows": n_rows,
+            "columns": int(pop.x.shape[1]),
+            "groups": pop.groups,
+            "positive_rate": float(p_true[rows].mean()),
+            "records": records,
+            "seconds": time.perf_counter() - started,
+            "online_seconds": online_seconds,
+            "streams_done": s + 1,
+        }
+        if progress is not None:
+            progress(partial)
+    return partial
 
 
 def _semi_metrics(pop: Population, p_true: np.ndarray, beta: np.ndarray, b: float) -> dict:
@@ -795,7 +802,10 @@ class RealConfig:
 
 
 def run_real(
-    prep: RealPrepared, cfg: RealConfig, log: Callable[[str], None] = lambda _s: None
+    prep: RealPrepared,
+    cfg: RealConfig,
+    log: Callable[[str], None] = lambda _s: None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Part 2 on one dataset: test AUC, log-loss and Σp̂/Σy per salt, method, estimator."""
     started = time.perf_counter()
@@ -839,16 +849,20 @@ def run_real(
                          "kept": float(keep.mean()), **metrics(beta, b0)}
                     )  # fmt: skip
         log(f"  {prep.key}: salt {salt + 1}/{cfg.salts} ({time.perf_counter() - started:.0f} s)")
-    return {
-        "title": prep.title,
-        "label_note": prep.label_note,
-        "train_examples": len(prep.y_train),
-        "train_positives": int(prep.y_train.sum()),
-        "test_examples": len(prep.y_test),
-        "test_positives": int(prep.y_test.sum()),
-        "records": records,
-        "seconds": time.perf_counter() - started,
-    }
+        partial = {
+            "title": prep.title,
+            "label_note": prep.label_note,
+            "train_examples": len(prep.y_train),
+            "train_positives": int(prep.y_train.sum()),
+            "test_examples": len(prep.y_test),
+            "test_positives": int(prep.y_test.sum()),
+            "records": records,
+            "seconds": time.perf_counter() - started,
+            "salts_done": salt + 1,
+        }
+        if progress is not None:
+            progress(partial)
+    return partial
 
 
 # --------------------------------------------------------------------------- summaries
@@ -1235,15 +1249,16 @@ def render(results: dict[str, Any]) -> str:
         if "skipped" in res:
             lines += [f"### Semi-synthetic: {key}", "", f"Skipped: {res['skipped']}", ""]
             continue
+        draws = int(res.get("streams_done", cfg["semi_streams"]))
         lines += [
             f"### Semi-synthetic: {res['title']}",
             "",
             f"{res['rows']:,} feature rows, {res['columns']} one-hot columns "
             f"({', '.join(f'{g}: {n}' for g, n in res['groups'].items())}), "
             f"{cfg['semi_events']:,} events per stream, positive rate "
-            f"{100 * res['positive_rate']:.2f} %; {cfg['semi_streams']} label draws × "
-            f"{cfg['semi_coins']} coins = {cfg['semi_streams'] * cfg['semi_coins']} replicates "
-            f"(intervals over the {cfg['semi_streams']} label draws, coins averaged within "
+            f"{100 * res['positive_rate']:.2f} %; {draws} label draws × "
+            f"{cfg['semi_coins']} coins = {draws * cfg['semi_coins']} replicates "
+            f"(intervals over the {draws} label draws, coins averaged within "
             f"each). Cell: excess log-loss as a multiple of `negative`'s (same estimator, "
             f"penalty, budget), then the paired difference ×10⁻⁴ with its 95 % interval; "
             f"✓ significantly better, ✗ significantly worse.",
@@ -1297,7 +1312,8 @@ def render(results: dict[str, Any]) -> str:
             f"{res['label_note']}; train {res['train_examples']:,} labelled examples "
             f"({res['train_positives']:,} positive), test (later time block) "
             f"{res['test_examples']:,} ({res['test_positives']:,} positive); "
-            f"{cfg['real_salts']} salts; hashed features (2^{HASH_BITS} buckets), L2 = "
+            f"{res.get('salts_done', cfg['real_salts'])} salts; hashed features "
+            f"(2^{HASH_BITS} buckets), L2 = "
             f"{cfg['real_l2']:g}. Full-data fit: AUC {res['full']['auc']:.4f}, log-loss "
             f"{res['full']['log_loss']:.5f}, Σp̂/Σy {res['full']['calibration']:.2f}. Cell: "
             "AUC (difference from `negative` ×100, 95 % interval) / log-loss difference "
@@ -1347,9 +1363,11 @@ def run_quality(
     populations: Sequence[Callable[[], Population]] | None = None,
     real_sets: Sequence[tuple[str, str, Path | None, str]] | None = None,
     log: Callable[[str], None] = lambda _s: None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Both parts; ``populations`` (lazy builders) and ``real_sets`` ((key, title, path,
-    format), a path of None skips) default to the Open Bandit sample and the Taobao slice."""
+    format), a path of None skips) default to the Open Bandit sample and the Taobao slice.
+    ``checkpoint`` is called with the results so far after every label draw and salt."""
     started = time.perf_counter()
     if populations is None or real_sets is None:
         defaults = default_inputs()
@@ -1363,19 +1381,36 @@ def run_quality(
             results["semi"][str(exc)] = {"skipped": str(exc)}
             continue
         log(f"semi-synthetic {pop.key}: {pop.x.shape[0]} rows, {pop.x.shape[1]} columns")
-        res = run_semi_synthetic(pop, semi_cfg, log)
-        res["summary"] = semi_summary(res, semi_cfg.budgets)
-        results["semi"][pop.key] = res
+
+        def semi_done(res: dict[str, Any], key: str = pop.key) -> None:
+            res["summary"] = semi_summary(res, semi_cfg.budgets)
+            results["semi"][key] = res
+            if checkpoint is not None:
+                checkpoint(_with_bar(results, semi_cfg))
+
+        semi_done(run_semi_synthetic(pop, semi_cfg, log, progress=semi_done))
     for key, title, path, fmt in real_sets:
         if path is None:
             results["real"][key] = {"skipped": f"{title}: data not available"}
             continue
         log(f"real {key}")
         prep = prepare_real(key, title, path, fmt, real_cfg.limit)
-        res = run_real(prep, real_cfg, log)
-        res["summary"] = real_summary(res, real_cfg.budgets)
-        res["full"] = _select(res["records"], method="full")[0]
-        results["real"][key] = res
+
+        def real_done(res: dict[str, Any], key: str = key) -> None:
+            res["summary"] = real_summary(res, real_cfg.budgets)
+            res["full"] = _select(res["records"], method="full")[0]
+            results["real"][key] = res
+            if checkpoint is not None:
+                checkpoint(_with_bar(results, semi_cfg))
+
+        real_done(run_real(prep, real_cfg, log, progress=real_done))
+    _with_bar(results, semi_cfg)
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _with_bar(results: dict[str, Any], semi_cfg: SemiConfig) -> dict[str, Any]:
+    """Set ``results["bar"]`` from the summaries so far."""
     importance_rules = [m for m in semi_cfg.samplers if m not in ("negative", "uniform")]
     penalties: list[float | str] = (
         [*sorted(semi_cfg.l2), "best"] if len(semi_cfg.l2) > 1 else [semi_cfg.l2[0]]
@@ -1390,7 +1425,6 @@ def run_quality(
         for lam in penalties
         for m in importance_rules
     ]
-    results["seconds"] = time.perf_counter() - started
     return results
 
 
@@ -1561,14 +1595,9 @@ def quality_cmd(
         pops, real = [pops[keep]], [real[keep]]
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    res = run_quality(
-        semi_cfg=semi_cfg,
-        real_cfg=real_cfg,
-        populations=pops if part in ("all", "semi") else [],
-        real_sets=real if part in ("all", "real") else [],
-        log=click.echo,
-    )
-    res["config"] = {
+
+    def config() -> dict[str, Any]:
+        return {
         "command": "importance bench quality " + shlex.join(sys.argv[3:] if len(sys.argv) > 3
                                                             else []),
         "seconds": time.perf_counter() - started,
@@ -1581,18 +1610,34 @@ def quality_cmd(
         "real_salts": salts,
         "real_l2": real_cfg.l2,
     }  # fmt: skip
-    body = render(res)
-    click.echo(body)
-    if json_out is not None:
+
+    def write_json(res: dict[str, Any]) -> None:
+        if json_out is None:
+            return
         slim = {
-            "config": res["config"],
-            "bar": res["bar"],
+            "config": config(),
+            "bar": res.get("bar", []),
             "semi": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
                      for k, v in res["semi"].items()},
             "real": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
                      for k, v in res["real"].items()},
         }  # fmt: skip
-        json_out.write_text(json.dumps(slim, indent=1, default=str))
+        tmp = json_out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(slim, indent=1, default=str))
+        tmp.replace(json_out)
+
+    res = run_quality(
+        semi_cfg=semi_cfg,
+        real_cfg=real_cfg,
+        populations=pops if part in ("all", "semi") else [],
+        real_sets=real if part in ("all", "real") else [],
+        log=click.echo,
+        checkpoint=write_json,
+    )
+    res["config"] = config()
+    body = render(res)
+    click.echo(body)
+    write_json(res)
     if not quick or output is not None:
         from stream_app.bench import update_doc_section
 
