@@ -166,8 +166,15 @@ def test_one_poison_event_is_dead_lettered_and_the_worker_goes_on(
     missing = expected - {r["event_id"] for r in records}
     assert not missing, f"{len(missing)} events not scored\n{worker.log_tail()}"
     assert worker.proc.poll() is None, worker.log_tail()
-    status, body = healthz(int(worker.env["IMPORTANCE_WEB_PORT"]))
-    assert status == 200 and body["status"] == "ok"
+    # healthy: once its first broker check has run (every 2 s), and still after the poison
+    port = int(worker.env["IMPORTANCE_WEB_PORT"])
+    deadline = time.monotonic() + 15
+    status, body = healthz(port)
+    while body.get("status") == "starting" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status, body = healthz(port)
+    assert status == 200 and body["status"] == "ok", body
+    assert body["scored"] >= len(expected)
 
 
 def test_agent_failing_outside_one_event_stops_the_worker(bootstrap, worker_factory):
