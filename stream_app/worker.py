@@ -79,7 +79,10 @@ def run_worker(argv: list[str] | None = None) -> None:
     import agents.rolling
     import agents.score
     import stream_app.web.api  # noqa: F401
+    from stream_app.offset_guard import hold_streams_until_ready
 
+    # Faust empties the streams' queues at the end of a recovery: deliver nothing before
+    hold_streams_until_ready(app)
     if settings.exactly_once:
         # offsets are committed in the output producer's transactions
         from stream_app.transactions import install
