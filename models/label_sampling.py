@@ -26,19 +26,30 @@ True
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from models.sampling import uniform_from_id
+from models.state import StateError, decode_array, encode_array
 
 __all__ = [
     "SAMPLERS",
+    "FisherMixSampler",
+    "FisherSampler",
     "LabelDecision",
     "LabelSampler",
+    "LeverageMixSampler",
+    "LeverageSampler",
     "NegativeSampler",
+    "POSSampler",
+    "ScoredSampler",
     "UniformSampler",
     "make_sampler",
+    "pos_score",
     "register",
 ]
 
@@ -193,6 +204,230 @@ class UniformSampler(LabelSampler):
         return self.target_rate
 
 
+class ScoredSampler(LabelSampler):
+    """Negatives kept in proportion to a score ``s(p, x)``, mixed with the constant rate.
+
+    ``π⁻(x) = (1 − mix)·q + mix·min(1, q·e^κ·s(x)/s̄)``: ``s̄`` is the decayed mean score of
+    negatives, so the proportional part has mean ``q·e^κ``, and ``κ`` is tuned by
+    stochastic approximation so that, after capping at 1, the mean over negatives is ``q``.
+    ``floor`` (a fraction of ``q``) bounds ``π⁻`` from below, so that no negative's weight
+    exceeds ``1/(floor·q)``. κ also absorbs the lag of ``s̄`` when scores drift, so it may
+    be negative.
+    """
+
+    mix: ClassVar[float] = 1.0
+    floor: ClassVar[float] = 0.0
+    #: step of the cap correction κ (per negative, relative to q)
+    adapt: ClassVar[float] = 0.01
+    #: half-life, in negatives, of the mean score s̄ (short: scores drift as D̂ fills)
+    score_half_life: ClassVar[float] = 2_000.0
+    KAPPA_MIN: ClassVar[float] = -3.0
+    KAPPA_MAX: ClassVar[float] = 10.0
+
+    def __init__(self, target_rate: float = 0.2, salt: int = 0, half_life: float = 20_000.0):
+        super().__init__(target_rate=target_rate, salt=salt, half_life=half_life)
+        self.mean_score = 0.0  # decayed mean of s over negatives (0: none seen yet)
+        self.kappa = 0.0
+        self._last: tuple[float, float] | None = None  # (s, proportional part) of last call
+
+    def score(self, p: float, x: Mapping[int, float]) -> float:
+        """The relative importance of keeping a negative (any positive scale)."""
+        raise NotImplementedError
+
+    def negative_probability(self, p: float, x: Mapping[int, float], q: float) -> float:
+        s = self.score(p, x)
+        if not math.isfinite(s) or s < 0.0:
+            s = self.mean_score if self.mean_score > 0.0 else 1.0
+        ref = self.mean_score if self.mean_score > 0.0 else s
+        prop = 1.0 if ref <= 0.0 else min(1.0, q * math.exp(self.kappa) * s / ref)
+        if ref <= 0.0 and s <= 0.0:
+            prop = q
+        self._last = (s, prop)
+        pi = (1.0 - self.mix) * q + self.mix * prop
+        return max(pi, self.floor * q)
+
+    def decide(self, event_id: str, label: int, p: float, x: Mapping[int, float]) -> LabelDecision:
+        q = self.negative_rate
+        decision = super().decide(event_id, label, p, x)
+        if not label and self._last is not None:
+            s, prop = self._last
+            w = 1.0 - 0.5 ** (1.0 / self.score_half_life)
+            if self.mean_score <= 0.0:
+                self.mean_score = s
+            else:
+                self.mean_score += w * (s - self.mean_score)
+            self.kappa += self.adapt * (q - prop) / q
+            self.kappa = min(self.KAPPA_MAX, max(self.KAPPA_MIN, self.kappa))
+        return decision
+
+    def to_state(self) -> dict[str, Any]:
+        state = super().to_state()
+        state.update(mean_score=self.mean_score, kappa=self.kappa)
+        return state
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("name") != self.name:
+            return
+        mean_score, kappa = float(state["mean_score"]), float(state["kappa"])
+        if not (
+            math.isfinite(mean_score)
+            and mean_score >= 0.0
+            and self.KAPPA_MIN <= kappa <= self.KAPPA_MAX
+        ):
+            raise StateError("unusable sampler state: mean_score or kappa out of range")
+        super().load_state(state)
+        self.mean_score, self.kappa = mean_score, kappa
+
+
+def pos_score(p: float) -> float:
+    """The P-OS factor ``p̂·√(1 − p̂)`` (Wang, Zhang & Wang 2021) of a probability.
+
+    >>> round(pos_score(0.01), 6), pos_score(1.0)
+    (0.00995, 0.0)
+    """
+    p = min(1.0, max(0.0, p))
+    return p * math.sqrt(1.0 - p)
+
+
+class POSSampler(ScoredSampler):
+    """P-OS without the design factor: negatives ∝ ``p̂·√(1 − p̂)``.
+
+    >>> sampler = make_sampler("pos", target_rate=0.1)
+    >>> low = sampler.decide("a", 0, p=0.001, x={}).pi
+    >>> high = sampler.decide("b", 0, p=0.05, x={}).pi
+    >>> low < high
+    True
+    """
+
+    name = "pos"
+
+    def score(self, p: float, x: Mapping[int, float]) -> float:
+        return pos_score(p)
+
+
+class FisherSampler(ScoredSampler):
+    """Negatives ∝ ``p̂·√(1 − p̂)·‖D̂⁻¹x‖``, ``D̂`` the diagonal of the pilot's Fisher
+    information: for each hash bucket the decayed sum of ``p̂(1 − p̂)·x_j²`` over labelled
+    examples (the online learner's ``p̂`` before it learned the label), plus ``prior``.
+    ``‖D̂⁻¹x‖`` is the A-optimal factor (it targets the coefficients' squared error).
+
+    Rare buckets have little information, so their examples' negatives are kept more
+    often; an array of ``2**hash_bits`` floats bounds the memory (buckets fold by mask).
+
+    >>> sampler = make_sampler("fisher", target_rate=0.1, hash_bits=4)
+    >>> for i in range(200):
+    ...     _ = sampler.decide(f"c{i}", 0, p=0.02, x={1: 1.0})  # bucket 1 is common
+    >>> rare = sampler.decide("r", 0, p=0.02, x={2: 1.0}).pi
+    >>> common = sampler.decide("c", 0, p=0.02, x={1: 1.0}).pi
+    >>> rare > common
+    True
+    """
+
+    name = "fisher"
+    #: D̂ prior per bucket (the information of one example at p(1 − p) = 0.01)
+    prior: ClassVar[float] = 0.01
+    #: the power of D̂ in the design factor: ‖D̂^(−power)·x‖
+    power: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        target_rate: float = 0.2,
+        salt: int = 0,
+        half_life: float = 20_000.0,
+        hash_bits: int = 18,
+    ):
+        super().__init__(target_rate=target_rate, salt=salt, half_life=half_life)
+        if not (isinstance(hash_bits, int) and 1 <= hash_bits <= 24):
+            raise ValueError(f"hash_bits must be an int in [1, 24], not {hash_bits!r}")
+        self.hash_bits = hash_bits
+        self.mask = (1 << hash_bits) - 1
+        # D̂ = info * scale: decaying every bucket per example would cost 2**bits, so the
+        # decay goes into the common scale and additions are divided by it.
+        self.info = array("d", bytes(8 << hash_bits))
+        self.scale = 1.0
+
+    def fisher_diagonal(self, x: Mapping[int, float]) -> list[float]:
+        """``D̂_j`` (with the prior) for the buckets of ``x``, in the order of ``x``."""
+        info, mask, scale, prior = self.info, self.mask, self.scale, self.prior
+        return [info[k & mask] * scale + prior for k in x]
+
+    def score(self, p: float, x: Mapping[int, float]) -> float:
+        info, mask, scale, prior = self.info, self.mask, self.scale, self.prior
+        if self.power == 1.0:
+            total = sum((v / (info[k & mask] * scale + prior)) ** 2 for k, v in x.items())
+        else:
+            e = 2.0 * self.power
+            total = sum(v * v / (info[k & mask] * scale + prior) ** e for k, v in x.items())
+        return pos_score(p) * math.sqrt(total) if x else pos_score(p) / prior**self.power
+
+    def observe(self, label: int, p: float, x: Mapping[int, float], pi: float) -> None:
+        self.scale *= self.decay
+        if self.scale < 1e-100:
+            self.info = array("d", (v * self.scale for v in self.info))
+            self.scale = 1.0
+        v = min(1.0, max(0.0, p))
+        v = v * (1.0 - v) / self.scale
+        info, mask = self.info, self.mask
+        for k, value in x.items():
+            info[k & mask] += v * value * value
+
+    def to_state(self) -> dict[str, Any]:
+        state = super().to_state()
+        d = np.frombuffer(self.info, dtype=np.float64) * self.scale
+        nz = np.flatnonzero(d)
+        state.update(
+            hash_bits=self.hash_bits,
+            fisher_idx=encode_array(nz.astype(np.int32)),
+            fisher_val=encode_array(d[nz].astype(np.float32)),
+        )
+        return state
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("name") != self.name:
+            return
+        if state.get("hash_bits") != self.hash_bits:
+            raise StateError(
+                f"sampler state has hash_bits {state.get('hash_bits')!r}, not {self.hash_bits}"
+            )
+        idx = decode_array(state["fisher_idx"])
+        val = decode_array(state["fisher_val"])
+        if idx.ndim != 1 or idx.shape != val.shape:
+            raise StateError("sampler state: Fisher index and value arrays differ")
+        if idx.size and (idx.min() < 0 or idx.max() > self.mask):
+            raise StateError("sampler state: Fisher bucket out of range")
+        if not (np.all(np.isfinite(val)) and np.all(val >= 0.0)):
+            raise StateError("sampler state: Fisher values must be finite and >= 0")
+        super().load_state(state)
+        info = np.zeros(1 << self.hash_bits, dtype=np.float64)
+        info[idx.astype(np.int64)] = val
+        self.info = array("d", info.tobytes())
+        self.scale = 1.0
+
+
+class FisherMixSampler(FisherSampler):
+    """Half :class:`FisherSampler`, half the constant rate ``q``: a defensive mixture that
+    never keeps a negative with less than ``q/2``."""
+
+    name = "fisher-mix"
+    mix = 0.5
+
+
+class LeverageSampler(FisherSampler):
+    """Negatives ∝ ``p̂·√(1 − p̂)·√(xᵀD̂⁻¹x)``: the leverage of ``x`` under the diagonal
+    Fisher information, the factor that minimises the excess log-loss (L-optimality with
+    the information as the loss's metric) rather than the coefficients' error."""
+
+    name = "leverage"
+    power = 0.5
+
+
+class LeverageMixSampler(LeverageSampler):
+    """Half :class:`LeverageSampler`, half the constant rate ``q``."""
+
+    name = "leverage-mix"
+    mix = 0.5
+
+
 #: name → sampler class (``IMPORTANCE_SAMPLER``, ``--sampler``)
 SAMPLERS: dict[str, type[LabelSampler]] = {}
 
@@ -205,12 +440,22 @@ def register(cls: type[LabelSampler]) -> type[LabelSampler]:
 
 register(NegativeSampler)
 register(UniformSampler)
+register(POSSampler)
+register(FisherSampler)
+register(FisherMixSampler)
+register(LeverageSampler)
+register(LeverageMixSampler)
 
 
-def make_sampler(name: str, target_rate: float = 0.2, salt: int = 0) -> LabelSampler:
-    """The sampler called ``name``; ``ValueError`` naming the choices if there is none."""
+def make_sampler(
+    name: str, target_rate: float = 0.2, salt: int = 0, **options: Any
+) -> LabelSampler:
+    """The sampler called ``name``; ``ValueError`` naming the choices if there is none.
+
+    ``options`` go to the sampler's constructor (e.g. ``hash_bits`` of the Fisher samplers).
+    """
     try:
         cls = SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
-    return cls(target_rate=target_rate, salt=salt)
+    return cls(target_rate=target_rate, salt=salt, **options)
