@@ -7,6 +7,7 @@ point (:mod:`stream_app.worker`) imports both.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,6 +26,7 @@ __all__ = [
     "model_topic",
     "output",
     "pending_table",
+    "prepare_data_dir",
     "scores_topic",
     "settings",
     "training_topic",
@@ -49,6 +51,15 @@ def client_config(settings: Settings) -> dict[str, Any]:
 web_drivers.DRIVERS.aliases.setdefault("importance", "stream_app.web.server:Web")
 
 
+def prepare_data_dir(settings: Settings) -> Path:
+    """The worker's data directory, created with its parents (Faust creates only the last
+    level: a fresh checkout has no ``.cache``). A relative ``IMPORTANCE_DATA_DIR`` is
+    relative to the working directory."""
+    path = Path(settings.data_dir).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def create_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings``."""
     bootstrap = resolve_bootstrap(settings)
@@ -62,7 +73,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         key_serializer="raw",
         value_serializer="raw",
-        datadir=settings.data_dir,
+        datadir=str(prepare_data_dir(settings)),
         web="importance://",
         web_bind=settings.web_host,
         web_host=settings.web_host,
