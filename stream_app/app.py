@@ -14,6 +14,7 @@ import faust
 from faust.web import drivers as web_drivers
 
 from stream_app.config import Settings
+from stream_app.local_store import store_url
 from stream_app.output import Output
 from stream_app.topics import MODEL_STATE_MAX_BYTES, model_state_topic
 
@@ -68,7 +69,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=brokers,
         broker_credentials=settings.faust_credentials(),
-        store="memory://",
+        store=store_url(settings.table_store),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         key_serializer="raw",
@@ -94,7 +95,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         # A worker that died (SIGKILL, OOM) is noticed within 10 s, so its replacement
         # does not wait a minute for the group to let it in.
         broker_session_timeout=10.0,
@@ -113,6 +114,8 @@ output = Output(
     settings.kafka_client_config(),
     transactional_id=settings.transactional_id_or_default() if settings.exactly_once else None,
     max_message_bytes=MODEL_STATE_MAX_BYTES,
+    # local table stores copy changelog records from their delivery reports
+    delivery_reports=settings.table_store == "rocksdb",
 )
 
 #: Input: behaviour events, JSON, keyed any way (or not at all).

@@ -232,6 +232,24 @@ class Settings(BaseSettings):
         "a directory path",
         min_length=1,
     )
+    table_store: Literal["memory", "rocksdb"] = _var(
+        "IMPORTANCE_TABLE_STORE",
+        "rocksdb",
+        "where table state lives: rocksdb (memory plus a local copy of each changelog "
+        "partition under IMPORTANCE_DATA_DIR: a restart reads only the changelog tail) or "
+        "memory (every start reads the whole changelog)",
+        "rocksdb or memory",
+    )
+    standby_replicas: int = _var(
+        "IMPORTANCE_STANDBY_REPLICAS",
+        0,
+        "standby replicas of every table partition kept by other workers of the group (a "
+        "standby takes over a dead worker's partitions reading only the changelog tail; "
+        "with IMPORTANCE_TABLE_STORE=rocksdb)",
+        "an integer from 0 to 10",
+        ge=0,
+        le=10,
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = _var(
         "IMPORTANCE_PROCESSING_GUARANTEE",
         "at_least_once",
@@ -370,7 +388,7 @@ class Settings(BaseSettings):
         """Only what is passed in: the environment is read by :meth:`from_env`."""
         return (init_settings,)
 
-    @field_validator("processing_guarantee", mode="before")
+    @field_validator("processing_guarantee", "table_store", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -411,7 +429,24 @@ class Settings(BaseSettings):
             )
         self._check_security()
         self._check_web()
+        self._check_store()
         return self
+
+    def _check_store(self) -> None:
+        if self.table_store == "rocksdb":
+            try:
+                import rocksdict  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "IMPORTANCE_TABLE_STORE='rocksdb' needs the rocksdict package "
+                    "(pip install rocksdict); allowed without it: memory"
+                ) from None
+        if self.standby_replicas and self.table_store == "memory":
+            raise ValueError(
+                f"IMPORTANCE_STANDBY_REPLICAS={self.standby_replicas} needs "
+                "IMPORTANCE_TABLE_STORE=rocksdb (the memory store reads a standby's whole "
+                "changelog again when it takes over)"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (field names), validated like any settings."""

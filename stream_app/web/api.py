@@ -51,6 +51,7 @@ import agents.rolling as rolling
 from models.rolling import RANK_BY, merge_top, top_k, user_top_items
 from stream_app.app import app, settings
 from stream_app.metrics import counters, progressive
+from stream_app.recovery import recovery_status, table_stats
 from stream_app.web import OPENAPI_PATH, STATIC_DIR, server
 from stream_app.web.peers import (
     ANSWER_HEADER,
@@ -629,6 +630,8 @@ def stats_document(history_n: int = 0) -> dict[str, Any]:
             "log_loss": _finite(progressive.log_loss()),
         },
         "importance_histogram": rolling.importance_histogram(),
+        "recovery": recovery_status(app),
+        "tables": table_stats(app),
         "rolling": {
             entity: {
                 "now": state.now or None,
