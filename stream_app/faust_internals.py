@@ -13,6 +13,7 @@ from faust.types import TP
 
 __all__ = [
     "actives_ready",
+    "assigned_actives",
     "assigned_standbys",
     "recovery_in_progress",
     "recovery_remaining",
@@ -27,6 +28,14 @@ def assigned_standbys(app: Any) -> set[TP]:
     ``app.assignor.assigned_standbys()`` (faust ``PartitionAssignor``): public method of
     an object the app does not document; empty before the first assignment."""
     return set(app.assignor.assigned_standbys())
+
+
+def assigned_actives(app: Any) -> set[TP]:
+    """The partitions (source topics and table changelogs) this worker owns as active.
+
+    ``app.assignor.assigned_actives()`` (faust ``PartitionAssignor``), like
+    :func:`assigned_standbys`."""
+    return set(app.assignor.assigned_actives())
 
 
 def recovery_service(app: Any) -> Any:

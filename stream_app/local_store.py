@@ -119,9 +119,8 @@ class LocalStore(MemoryStore):
         self._delivered: list[tuple[int, int, bytes | None, bytes | None]] = []
         self._delivered_lock = threading.Lock()
         self.load = TableLoad()
-        #: partitions loaded from the local copy or recovered from scratch (the last
-        #: rebalance), for the log line at the end of recovery
-        self._assigned_at: float | None = None
+        #: partitions whose keys are in memory (the active ones, once assigned)
+        self._in_memory: set[int] = set()
 
     # -- the local databases --------------------------------------------------------------
     @property
@@ -262,18 +261,30 @@ class LocalStore(MemoryStore):
         newly_assigned: set[TP],
         generation_id: int = 0,
     ) -> None:
-        """Load the newly assigned active partitions from their local copies (before
-        Faust's recovery asks where to start reading)."""
+        """Hold exactly the active partitions in memory: drop those no longer active, load
+        the others from their local copies (before Faust's recovery asks where to start
+        reading). A standby promoted to active is not *newly* assigned to the consumer
+        (it read the changelog partition already): what counts is the active set."""
+        from stream_app.faust_internals import assigned_actives
+
         topic = self.table.changelog_topic.get_topic_name()
-        standbys = self._standby_partitions()
-        self._assigned_at = time.monotonic()
-        for tp in sorted(newly_assigned):
-            if tp.topic != topic or tp.partition in standbys:
-                continue
-            if not self.has_copy(tp.partition):
+        actives = {tp.partition for tp in assigned_actives(self.app) if tp.topic == topic}
+        for partition in sorted(self._in_memory - actives):
+            self._drop_partition(partition)
+        for partition in sorted(actives - self._in_memory):
+            self._in_memory.add(partition)
+            if self.has_copy(partition):
+                await self._load_partition(partition)
+            else:
                 self.load.partitions_without_copy += 1
-                continue
-            await self._load_partition(tp.partition)
+
+    def _drop_partition(self, partition: int) -> None:
+        """Forget ``partition``'s keys in memory (its local copy stays)."""
+        self._in_memory.discard(partition)
+        key_partition = self._key_partition
+        for key in [k for k, p in key_partition.items() if p == partition]:
+            self.data.pop(key, None)
+            key_partition.pop(key, None)
 
     async def _load_partition(self, partition: int) -> int:
         started = time.monotonic()
