@@ -20,6 +20,7 @@ import threading
 import time
 
 from stream_app.app import app
+from stream_app.faust_internals import aiokafka_producer
 from stream_app.metrics import counters, health
 
 __all__ = [
@@ -135,7 +136,7 @@ def record_check(ok: bool, error: str | None = None, now: float | None = None) -
 
 async def probe() -> None:
     """One metadata request over the worker's producer connection; raises on failure."""
-    producer = getattr(app.producer, "_producer", None)  # aiokafka producer, once started
+    producer = aiokafka_producer(app)  # once started
     if producer is None:
         raise RuntimeError("producer not started")
     await producer.client.fetch_all_metadata()

@@ -47,6 +47,8 @@ from faust.stores import STORES
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
+from stream_app.faust_internals import key_partitions, table_converters
+
 __all__ = ["OFFSET_KEY", "STORE_URLS", "LocalStore", "TableLoad", "loads", "store_url"]
 
 log = logging.getLogger(__name__)
@@ -281,7 +283,7 @@ class LocalStore(MemoryStore):
     def _drop_partition(self, partition: int) -> None:
         """Forget ``partition``'s keys in memory (its local copy stays)."""
         self._in_memory.discard(partition)
-        key_partition = self._key_partition
+        key_partition = key_partitions(self)
         for key in [k for k, p in key_partition.items() if p == partition]:
             self.data.pop(key, None)
             key_partition.pop(key, None)
@@ -290,8 +292,8 @@ class LocalStore(MemoryStore):
         started = time.monotonic()
         decode_key = loads(self.key_serializer, self.key_type, self._decode_key)
         decode_value = loads(self.value_serializer, self.value_type, self._decode_value)
-        to_key, to_value = self.table._to_key, self.table._to_value
-        data, key_partition = self.data, self._key_partition
+        to_key, to_value = table_converters(self.table)
+        data, key_partition = self.data, key_partitions(self)
         n = 0
         for raw_key, raw_value in self._db(partition).items():
             if raw_key == OFFSET_KEY:

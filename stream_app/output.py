@@ -51,6 +51,8 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from stream_app.faust_internals import key_partitions
+
 __all__ = [
     "CONTENT_ERRORS",
     "ChangelogStore",
@@ -209,6 +211,11 @@ class Output:
                 )
             self.config["delivery.report.only.error"] = False
         self.mirrors[topic] = store
+
+    def poll(self) -> None:
+        """Serve the delivery reports librdkafka has waiting (none before the first send)."""
+        if self._producer is not None:
+            self._producer.poll(0)
 
     def persist_mirrors(self) -> int:
         """Copy the delivered changelog records into the local stores (durable now)."""
@@ -435,8 +442,7 @@ class Output:
         ):
             self.raise_for_errors()
             if self.mirrors and not self.transactional:
-                if self._producer is not None:
-                    self._producer.poll(0)  # delivery reports not served yet
+                self.poll()  # delivery reports not served yet
                 self.persist_mirrors()
             return
         await asyncio.get_running_loop().run_in_executor(None, self.flush_sync)
@@ -579,7 +585,7 @@ class ChangelogStore(MutableMapping[Any, Any]):
     def put(self, partition: int, key: Any, value: Any) -> None:
         """Set ``key`` in changelog ``partition`` (``value=None`` deletes it)."""
         store = self.table.data
-        key_partition = getattr(store, "_key_partition", None)
+        key_partition = key_partitions(store)
         if value is None:
             store.pop(key, None)
             if key_partition is not None:

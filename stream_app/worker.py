@@ -109,9 +109,7 @@ def install_store_copy(app, output) -> None:
 
     @app.timer(interval=STORE_COPY_INTERVAL_S)
     async def copy_delivered() -> None:
-        producer = output._producer
-        if producer is not None:
-            producer.poll(0)  # serve the delivery reports waiting
+        output.poll()  # serve the delivery reports waiting
         output.persist_mirrors()
 
 
