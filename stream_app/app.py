@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> faust.App:
         # A worker that died (SIGKILL, OOM) is noticed within 10 s, so its replacement
         # does not wait a minute for the group to let it in.
         broker_session_timeout=10.0,
+        consumer_group_instance_id=settings.group_instance_id_or_none(),
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=30.0,
         stream_recovery_delay=0.5,

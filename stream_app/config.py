@@ -250,6 +250,16 @@ class Settings(BaseSettings):
         ge=0,
         le=10,
     )
+    group_instance_id: str | None = _var(
+        "IMPORTANCE_GROUP_INSTANCE_ID",
+        None,
+        "static membership of the consumer group: a restarted worker with the same id takes "
+        "its partitions back at once instead of waiting for the group to drop its "
+        "predecessor (the session timeout); 'auto': app id, host name and web port. A worker "
+        "that stops is then also replaced only after the session timeout",
+        "auto, or 1-200 characters of A-Z a-z 0-9 . _ -",
+        pattern=TOPIC_PATTERN,
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = _var(
         "IMPORTANCE_PROCESSING_GUARANTEE",
         "at_least_once",
@@ -470,6 +480,14 @@ class Settings(BaseSettings):
         import socket
 
         return f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
+
+    def group_instance_id_or_none(self) -> str | None:
+        """The consumer's ``group.instance.id`` (None: dynamic membership)."""
+        if self.group_instance_id == "auto":
+            import socket
+
+            return f"{self.app_id}-{socket.gethostname()}-{self.web_port}"[:249]
+        return self.group_instance_id
 
     @property
     def advertised_url(self) -> str:

@@ -49,7 +49,15 @@ from faust.types import TP
 
 from stream_app.faust_internals import key_partitions, table_converters
 
-__all__ = ["OFFSET_KEY", "STORE_URLS", "LocalStore", "TableLoad", "loads", "store_url"]
+__all__ = [
+    "OFFSET_KEY",
+    "STORE_URLS",
+    "CountingMemoryStore",
+    "LocalStore",
+    "TableLoad",
+    "loads",
+    "store_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +68,10 @@ OFFSET_KEY = b"\x00importance\x00offset"
 LOAD_CHUNK = 5000
 
 #: IMPORTANCE_TABLE_STORE → Faust store URL
-STORE_URLS = {"memory": "memory://", "rocksdb": "importance-local://"}
+STORE_URLS = {"memory": "importance-memory://", "rocksdb": "importance-local://"}
 
 STORES.aliases.setdefault("importance-local", "stream_app.local_store:LocalStore")
+STORES.aliases.setdefault("importance-memory", "stream_app.local_store:CountingMemoryStore")
 
 
 def store_url(kind: str) -> str:
@@ -107,6 +116,25 @@ def loads(serializer: Any, typ: Any, decode: Callable[[bytes], Any]) -> Callable
     if serializer == "raw" and typ in (None, bytes):
         return bytes
     return decode
+
+
+class CountingMemoryStore(MemoryStore):
+    """Faust's memory store, counting the changelog records recovery applies
+    (``IMPORTANCE_TABLE_STORE=memory``: every start reads every changelog)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.load = TableLoad()
+
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[Any],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        events = list(batch)
+        super().apply_changelog_batch(events, to_key, to_value)
+        self.load.replayed += len(events)
 
 
 class LocalStore(MemoryStore):
