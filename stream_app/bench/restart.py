@@ -179,11 +179,13 @@ def _wait_scored(worker: Any, n: int, timeout: float) -> None:
 
 
 def _settle(worker: Any, quiet_s: float = 3.0, timeout: float = 600.0) -> None:
-    """Until the table sizes stop changing (the re-keyed rolling contributions are in)."""
+    """Until the table sizes and standby copies stop changing (the re-keyed rolling
+    contributions are in, the standbys caught up)."""
     deadline = time.monotonic() + timeout
     before = None
     while time.monotonic() < deadline:
-        sizes = {t: v.get("keys") for t, v in _tables(worker.web_port).items()}
+        # table sizes, and the standby copies' records (a standby that caught up)
+        sizes = {t: (v.get("keys"), v.get("standby")) for t, v in _tables(worker.web_port).items()}
         if sizes and sizes == before:
             return
         before = sizes
