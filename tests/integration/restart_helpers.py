@@ -123,3 +123,15 @@ def settled(port: int, quiet_s: float = 3.0, timeout: float = 120.0) -> dict[str
             return again
         body = again
     raise TimeoutError(f"worker on port {port} still busy after {timeout} s")
+
+
+def within_an_hour(events: list[dict[str, Any]], factor: float = 4.0) -> list[dict[str, Any]]:
+    """``events`` with their event times compressed towards the first one (order kept),
+    so that they span less than the rolling tables' retention (the longest window plus a
+    step): panes older than that are dropped from memory by the periodic sweep but stay
+    in the changelog until its retention, and the tables would then hold fewer keys than
+    the changelogs."""
+    start = min(e["ts"] for e in events)
+    out = [{**e, "ts": start + (e["ts"] - start) / factor} for e in events]
+    assert max(e["ts"] for e in out) - start < 3600, "more than an hour of event time"
+    return out

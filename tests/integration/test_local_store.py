@@ -11,7 +11,13 @@ import pytest
 
 from tests.integration.conftest import consume_all, produce
 from tests.integration.events import synthetic_events
-from tests.integration.restart_helpers import TABLES, changelog_state, settled, wait_live
+from tests.integration.restart_helpers import (
+    TABLES,
+    changelog_state,
+    settled,
+    wait_live,
+    within_an_hour,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +50,7 @@ def test_restart_reads_only_the_tail_and_full_recovery_without_local_store(
     worker.start()
     first = wait_live(port)
     assert all(first["tables"][t]["store"] == "LocalStore" for t in TABLES)
-    events = synthetic_events(6000, prefix="ls1")
+    events = within_an_hour(synthetic_events(6000, prefix="ls1"))
     produce(
         bootstrap, worker.settings.topic_events, events, key=lambda _i, e: e["user_id"].encode()
     )

@@ -16,6 +16,7 @@ from tests.integration.restart_helpers import (
     settled,
     stats,
     wait_live,
+    within_an_hour,
 )
 from tests.integration.test_local_store import check_tables, wait_scored
 from tests.integration.test_scaling import GROUP_KEYS, wait_for_split
@@ -36,7 +37,7 @@ def test_standby_takes_over_after_sigkill_reading_only_the_tail(bootstrap, worke
     wait_live(first.settings.web_port)
     wait_live(second.settings.web_port)
 
-    events = synthetic_events(6000, prefix="sb1")
+    events = within_an_hour(synthetic_events(6000, prefix="sb1"))
     produce(bootstrap, first.settings.topic_events, events, key=lambda _i, e: e["user_id"].encode())
     wait_scored(bootstrap, first, events)
     time.sleep(3)  # the standby copies follow the changelogs
@@ -71,7 +72,7 @@ def test_standby_takes_over_after_sigkill_reading_only_the_tail(bootstrap, worke
 
     # the survivor scores new events for every partition, and its tables are the
     # changelogs' live keys: nothing lost
-    more = synthetic_events(2000, seed=5, prefix="sb2")
+    more = within_an_hour(synthetic_events(2000, seed=5, prefix="sb2"))
     produce(bootstrap, first.settings.topic_events, more, key=lambda _i, e: e["user_id"].encode())
     wait_scored(bootstrap, second, more)
     body = settled(second.settings.web_port)
