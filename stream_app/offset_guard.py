@@ -263,7 +263,9 @@ def guard_topic(app: Any, topic: str, settings: Any) -> OffsetGuard:
     async def handled(partition: int, first: int, last: int) -> None:
         from faust.types import TP
 
-        await app.consumer._add_gap(TP(topic, partition), first, last)
+        from stream_app.faust_internals import add_gap
+
+        await add_gap(app.consumer, TP(topic, partition), first, last)
 
     guard = OffsetGuard(topic, settings.app_id, lambda: client_config(settings), on_handled=handled)
 

@@ -295,7 +295,7 @@ class GuardedRunner(AppRunner):
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def _make_server(self) -> Server:
+    async def _make_server(self) -> Server:  # faust_internals.WEB_MAKE_SERVER (private)
         global guard
         server = await super()._make_server()
         # aiohttp builds the server in Application._make_handler; it only adds methods
