@@ -94,7 +94,7 @@ class ImportanceEngine:
         self.hash_bits = hash_bits
         self.weights = dict(weights)
         self.behavior = BehaviorPrior()
-        self.logistic = HashedLogistic()
+        self.logistic = HashedLogistic(bits=hash_bits)
         self.knn = KNNImportance(n_neighbors=knn_neighbors, window_size=knn_window)
         self.rank = RollingRank(rank_window)
         self.sampler = (

@@ -207,6 +207,8 @@ class FastKNNClassifier(base.Classifier):
         self._getter: itemgetter | None = None
         self._d: int | None = None
         self._X: np.ndarray | None = None  # (window_size, d) float32 ring buffer
+        self._X64: np.ndarray | None = None  # the same rows as float64 (exact re-ranking)
+        self._Xm2: np.ndarray | None = None  # the same rows times -2 (float32, exact)
         self._sq: np.ndarray | None = None  # (window_size,) float32 squared norms
         self._y: np.ndarray | None = None  # (window_size,) float64 labels in {0, 1}
         self._ids: np.ndarray | None = None  # (window_size,) int64 insertion ids
@@ -259,6 +261,8 @@ class FastKNNClassifier(base.Classifier):
         w = self.window_size
         self._d = d
         self._X = np.zeros((w, d), dtype=np.float32)
+        self._X64 = np.zeros((w, d), dtype=np.float64)
+        self._Xm2 = np.zeros((w, d), dtype=np.float32)
         self._sq = np.zeros(w, dtype=np.float32)
         self._y = np.zeros(w, dtype=np.float64)
         self._ids = np.full(w, -1, dtype=np.int64)
@@ -305,31 +309,35 @@ class FastKNNClassifier(base.Classifier):
         n = self._n
         if n == 0:
             return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
-        X = self._X[:n]  # the filled part is always the first n rows of the ring
         k = min(self.n_neighbors, n)
         m = min(n, k + _MARGIN)
         if m == n:
             slots, d2 = self._rank_exact(np.arange(n), q, k)
             return slots, np.sqrt(d2)
+        # the filled part is always the first n rows of the ring; (-2X)·q is exactly
+        # -2(X·q) (a power of two), so the scores are ||x||² - 2 x·q as before
         scores = self._scratch[:n]
-        np.matmul(X, q, out=scores)
-        scores *= -2.0
+        np.matmul(self._Xm2[:n], q, out=scores)
         scores += self._sq[:n]
-        cand = np.argpartition(scores, m - 1)[:m]
+        # the candidates: every row whose score is at most the m-th smallest (m rows, or
+        # more on ties; a partition of the values and a comparison cost less than
+        # argpartition)
+        bound = float(np.partition(scores, m - 1)[m - 1])
+        cand = np.flatnonzero(scores <= bound)
         slots, d2 = self._rank_exact(cand, q, k)
-        # Every row outside `cand` has an approximate score >= the largest candidate
+        # Every row outside `cand` has an approximate score > the largest candidate
         # score; its true squared distance is at least that minus the rounding error.
         # Certify that this lower bound exceeds the k-th exact squared distance.
         sq_max = self._sq_max
         err = (q.shape[0] + 2) * 2.0 * _F32_EPS * (sq_max + 2.0 * math.sqrt(sq_max * qq) + qq)
-        if float(scores[cand].max()) + qq - err > d2[-1]:
+        if bound + qq - err > d2[-1]:
             return slots, np.sqrt(d2)
         slots, d2 = self._rank_exact(np.arange(n), q, k)
         return slots, np.sqrt(d2)
 
     def _rank_exact(self, cand: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact float64 squared distances for ``cand``; return the k best (slots, d²)."""
-        diff = self._X[cand].astype(np.float64)
+        diff = self._X64[cand]  # a copy (fancy indexing)
         diff -= q
         d2 = np.einsum("ij,ij->i", diff, diff)
         if k < cand.shape[0] and cand.shape[0] > 64:
@@ -366,10 +374,16 @@ class FastKNNClassifier(base.Classifier):
         if y not in (0, 1):
             raise ValueError(f"labels must be binary (False/True or 0/1), got {y!r}")
         q, sq = self._query(vec)
+        self._store(q, sq, y)
+
+    def _store(self, q: np.ndarray, sq: float, y: bool | int) -> None:
+        """Write a validated vector (:meth:`_query`) and its label into the ring."""
         if self._X is None:
             self._allocate(q.shape[0])
         p = self._pos
         self._X[p] = q
+        self._X64[p] = q
+        np.multiply(q, -2.0, out=self._Xm2[p])
         self._sq[p] = sq
         if sq > self._sq_max:
             self._sq_max = sq
@@ -483,6 +497,8 @@ class FastKNNClassifier(base.Classifier):
                 if X.shape != (n, d):
                     raise ValueError(f"state X has shape {X.shape}, expected {(n, d)}")
                 model._X[:n] = X
+                model._X64[:n] = X
+                model._Xm2[:n] = X * np.float32(-2.0)
                 model._sq[:n] = _decode_array(state["sqnorm"], "<f4")
                 model._y[:n] = _decode_array(state["labels"], "|u1")
                 model._ids[:n] = _decode_array(state["ids"], "<i8")
@@ -603,8 +619,9 @@ class KNNImportance:
             return self._cache_val
         slots, dist = clf._search(q, qq)
         labels = clf._y[slots]
-        frac = clf._positive_mass(dist, labels) / dist.shape[0]
-        val = (float(dist.mean()), frac)
+        k = dist.shape[0]
+        frac = clf._positive_mass(dist, labels) / k
+        val = (float(dist.sum()) / k, frac)  # the mean, as dist.mean() computes it
         self._cache_key, self._cache_val = key, val
         return val
 
@@ -658,7 +675,7 @@ class KNNImportance:
         a = self._assess(q, qq)
         if a is not None:
             self._update_typical(a[0])
-        self.classifier.learn_vec(q, y)
+        self.classifier._store(q, qq, y)
 
     def _update_typical(self, d: float) -> None:
         typ = self._typical
