@@ -32,14 +32,15 @@ class InjectedFailure(RuntimeError):
 def _patch() -> None:
     from models.engine import ImportanceEngine
 
-    score = ImportanceEngine.score
+    # every scoring path (one event, or a batch) starts with ImportanceEngine.begin
+    begin = ImportanceEngine.begin
 
-    def failing_score(self, ev):
+    def failing_begin(self, ev):
         if MODE == "systemic" or (MODE == "poison" and ev.item_id == "poison"):
             raise InjectedFailure(f"injected failure scoring {ev.event_id}")
-        return score(self, ev)
+        return begin(self, ev)
 
-    ImportanceEngine.score = failing_score
+    ImportanceEngine.begin = failing_begin
     if MODE == "agent":
         from stream_app.offset_guard import OffsetGuard
 
