@@ -92,16 +92,13 @@ def main() -> None:
         out = str(Path(tmp, "out.jsonl"))
         cli = [sys.executable, "-m", "stream_app.cli", "score", str(ours_in)]
         ours_s = _timed([*cli, "--format", "taobao", "-o", out])
+        n_ours = min(args.rows, len(lines))
+        ours = n_ours / ours_s
+        print(f"importance score: {n_ours:,} rows in {ours_s:.1f} s: {ours:,.0f} ev/s", flush=True)
         book_s = _timed([sys.executable, __file__, "--_textbook", str(book_in), out])
-    ours = min(args.rows, len(lines)) / ours_s
-    book = min(args.textbook_rows, len(lines)) / book_s
-    print(
-        f"importance score: {min(args.rows, len(lines)):,} rows in {ours_s:.1f} s: {ours:,.0f} ev/s"
-    )
-    print(
-        f"textbook loop:    {min(args.textbook_rows, len(lines)):,} rows in {book_s:.1f} s: "
-        f"{book:,.0f} ev/s"
-    )
+    n_book = min(args.textbook_rows, len(lines))
+    book = n_book / book_s
+    print(f"textbook loop:    {n_book:,} rows in {book_s:.1f} s: {book:,.0f} ev/s")
     print(f"ratio: {ours / book:.1f}x")
 
 

@@ -625,8 +625,7 @@ class KNNImportance:
             return self._cache_val
         slots, dist = clf._search(q, qq)
         # computed as batch_assess computes each row: the same values on both paths
-        means, fracs = _summaries(clf, dist[None, :], clf._y[slots][None, :])
-        val = (float(means[0]), float(fracs[0]))
+        val = _summary(clf, dist, clf._y[slots])
         self._cache_key, self._cache_val = key, val
         return val
 
@@ -933,9 +932,18 @@ def batch_assess(
             keep = np.flatnonzero(d2 <= kth)
             cols, d2 = cols[keep], d2[keep]
         order = np.lexsort((ids[cols], d2))[:kk]
-        means, fracs = _summaries(clf, np.sqrt(d2[order])[None, :], ylab[cols[order]][None, :])
-        out[t] = (float(means[0]), float(fracs[0]))
+        out[t] = _summary(clf, np.sqrt(d2[order]), ylab[cols[order]])
     return out
+
+
+def _summary(clf: FastKNNClassifier, dist: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """:func:`_summaries` of one row (1-d arrays), with the same arithmetic."""
+    k = dist.shape[0]
+    mean = float(dist.sum()) / k
+    if not clf.weighted:
+        return mean, float(labels.sum()) / k
+    w = (dist == 0.0).astype(np.float64) if dist[0] == 0.0 else 1.0 / dist
+    return mean, float((w * labels).sum()) / float(w.sum())
 
 
 def _summaries(
