@@ -8,7 +8,8 @@ settings of the worker, security included), records the outcome in
 :data:`stream_app.metrics.health`, logs every change (outage begins / ends, and a
 reminder while it lasts); :func:`healthz_body` is what ``GET /healthz`` answers (200
 when the broker answers, 503 otherwise), served by :mod:`stream_app.web.api`, the one
-place that registers the route.
+place that registers the route. :func:`readyz_body` is ``GET /readyz`` (readiness: tables
+recovered and broker answering).
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ import threading
 import time
 
 from stream_app.app import app
+from stream_app.faust_internals import aiokafka_producer
 from stream_app.metrics import counters, health
 
-__all__ = ["CHECK_INTERVAL_S", "RateLimitFilter", "check_broker", "healthz_body", "record_check"]
+__all__ = [
+    "CHECK_INTERVAL_S",
+    "RateLimitFilter",
+    "check_broker",
+    "healthz_body",
+    "readyz_body",
+    "record_check",
+]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +136,7 @@ def record_check(ok: bool, error: str | None = None, now: float | None = None) -
 
 async def probe() -> None:
     """One metadata request over the worker's producer connection; raises on failure."""
-    producer = getattr(app.producer, "_producer", None)  # aiokafka producer, once started
+    producer = aiokafka_producer(app)  # once started
     if producer is None:
         raise RuntimeError("producer not started")
     await producer.client.fetch_all_metadata()
@@ -150,19 +159,54 @@ async def check_broker() -> None:
         record_check(True)
 
 
-def healthz_body() -> tuple[dict, int]:
-    """The ``/healthz`` document and its HTTP status (503 ``"failed"`` from a systemic
-    processing failure until the worker exits)."""
+def healthz_body(recovery: dict | None = None) -> tuple[dict, int]:
+    """The ``/healthz`` (liveness) document and its HTTP status.
+
+    200 while the process runs and its loop answers: also while it starts and while it
+    recovers its tables (``"starting"``, ``"recovering"``; a liveness probe must not kill
+    a worker that is restoring its state). 503 ``"broker_unreachable"`` while the broker
+    does not answer, and ``"failed"`` from a systemic processing failure until the worker
+    exits. ``recovery`` is :func:`stream_app.recovery.recovery_status` (None: not known)."""
+    state = (recovery or {}).get("state")
     if health.failed is not None:
         status = "failed"
-    elif health.broker_connected:
-        status = "ok"
+    elif health.checks and not health.broker_connected:
+        status = "broker_unreachable"
+    elif state in ("starting", "recovering") or not health.checks:
+        status = state if state in ("starting", "recovering") else "starting"
     else:
-        status = "starting" if not health.checks else "broker_unreachable"
+        status = "ok"
     body = {
         "status": status,
         **health.as_dict(),
         "events_in": counters.events_in,
         "scored": counters.scored,
     }
-    return body, 200 if status == "ok" else 503
+    if recovery is not None:
+        body["recovery"] = recovery
+    return body, 503 if status in ("failed", "broker_unreachable") else 200
+
+
+def readyz_body(recovery: dict) -> tuple[dict, int]:
+    """The ``/readyz`` (readiness) document and its HTTP status: 200 ``"ready"`` only when
+    the tables are recovered (``recovery["state"] == "live"``) and the broker answered the
+    last check; else 503 with what it waits for (``"starting"``, ``"recovering"`` with the
+    records left and the estimated seconds, ``"rebalancing"``, ``"broker_unreachable"``,
+    ``"failed"``)."""
+    state = str(recovery.get("state") or "starting")
+    if health.failed is not None:
+        status = "failed"
+    elif state != "live":
+        status = state  # the broker check runs once the worker is ready
+    elif not health.broker_connected:
+        status = "broker_unreachable" if health.checks else "starting"
+    else:
+        status = "ready"
+    body = {
+        "status": status,
+        "broker_connected": health.broker_connected,
+        "recovery": recovery,
+    }
+    if health.failed is not None:
+        body["failed"] = health.failed
+    return body, 200 if status == "ready" else 503

@@ -64,6 +64,7 @@ from models.rolling import (
     window_bounds,
 )
 from stream_app.app import app, output, settings
+from stream_app.faust_internals import key_partitions
 from stream_app.output import ChangelogStore, partition_for
 
 __all__ = [
@@ -319,7 +320,7 @@ class EntityState:
         """
         horizon = self.current_time() - RETAIN_S - STEP
         data = self.table.data
-        key_partition = getattr(data, "_key_partition", {})
+        key_partition = key_partitions(data) or {}
         old = [k for k in list(data.keys()) if k[1][0] < horizon]
         for k in old:
             data.pop(k, None)
@@ -333,7 +334,7 @@ class EntityState:
 def recovered_time(data: Any) -> float:
     """The event time a recovered pane table stands at (see
     :meth:`EntityState.current_time`)."""
-    key_partition = getattr(data, "_key_partition", {})
+    key_partition = key_partitions(data) or {}
     latest: dict[int, dict[str, float]] = {}
     cap = time.time() + settings.clock_max_skew_s
     for pane, agg in list(data.items()):
@@ -553,7 +554,7 @@ def sweep_users(now: float) -> int:
     table's event-time clock): dropped
     locally and deleted from the changelog (a tombstone), so the table stays bounded."""
     data = user_top_table.data
-    key_partition = getattr(data, "_key_partition", {})
+    key_partition = key_partitions(data) or {}
     idle = [k for k, v in list(data.items()) if v and v["t"] < now - USER_RETAIN_S]
     for key in idle:
         partition = key_partition.pop(key, None)

@@ -19,9 +19,11 @@ and the benchmarks all drive the same engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from models.clock import EventClock
 from models.events import Event
@@ -30,7 +32,7 @@ from models.importance import DEFAULT_WEIGHTS, RollingRank, blend
 from models.label_sampling import LabelDecision, LabelSampler, make_sampler
 from models.scorers.base import EventFeatures
 from models.scorers.behavior import BehaviorPrior
-from models.scorers.knn import KNNImportance
+from models.scorers.knn import _BATCH_MIN, KNNImportance
 from models.scorers.logistic import HashedLogistic
 from models.state import STATE_SCHEMA, StateError
 
@@ -94,7 +96,7 @@ class ImportanceEngine:
         self.hash_bits = hash_bits
         self.weights = dict(weights)
         self.behavior = BehaviorPrior()
-        self.logistic = HashedLogistic()
+        self.logistic = HashedLogistic(bits=hash_bits)
         self.knn = KNNImportance(n_neighbors=knn_neighbors, window_size=knn_window)
         self.rank = RollingRank(rank_window)
         self.sampler = (
@@ -106,6 +108,10 @@ class ImportanceEngine:
         self.clock = clock if clock is not None else EventClock()
         self.seen = 0
         self.version = 0
+        #: nearest-neighbour operations (vector, -1 to score or the label to learn) and
+        #: the events they score, begun and not yet flushed
+        self._knn_ops: list[tuple[np.ndarray, int]] = []
+        self._pending: list[ScoredEvent] = []
 
     @property
     def watermark(self) -> float:
@@ -125,6 +131,7 @@ class ImportanceEngine:
             lateness_s=max(0.0, self.watermark - event.ts),
         )
 
+    # -- one event at a time ----------------------------------------------------------
     def score(self, event: Event) -> ScoredEvent:
         """Score an event and count it in the priors and in the partition's clock (its
         lateness is measured against the clock with it).
@@ -133,6 +140,42 @@ class ImportanceEngine:
         decided (kept or dropped as a training example, with ``p`` from before learning)
         and learned from at once.
         """
+        scored = self.begin(event)
+        self.flush()
+        return scored
+
+    def resolve(self, event: Event, label: int, p: float) -> LabelDecision:
+        """An exposure's label is known: keep or drop it as a training example (``p``:
+        the learner's probability when it was scored, before it learned this label),
+        then learn from it."""
+        decision = self.begin_resolve(event, label, p)
+        self.flush()
+        return decision
+
+    def learn(self, event: Event, label: int) -> None:
+        """Learn from an event whose label resolved after it was scored (no decision)."""
+        self.begin_learn(event, label)
+        self.flush()
+
+    # -- in batches -------------------------------------------------------------------
+    def score_many(self, events: Sequence[Event]) -> list[ScoredEvent]:
+        """:meth:`score` of each event in turn, computed together: the same results."""
+        scored = [self.begin(event) for event in events]
+        self.flush()
+        return scored
+
+    def resolve_many(self, items: Sequence[tuple[Event, int, float]]) -> list[LabelDecision]:
+        """:meth:`resolve` of each ``(event, label, p)`` in turn, computed together."""
+        decisions = [self.begin_resolve(event, label, p) for event, label, p in items]
+        self.flush()
+        return decisions
+
+    def begin(self, event: Event) -> ScoredEvent:
+        """The first half of :meth:`score`: everything but the nearest-neighbour score and
+        what depends on it (``importance``, ``scores["knn"]``), which :meth:`flush` fills
+        in. Every step but those is done now, in order, so calls to :meth:`begin`,
+        :meth:`begin_resolve` and :meth:`begin_learn` followed by one :meth:`flush` give
+        what the one-event methods give in the same order."""
         self.seen += 1
         self.clock.observe(event.user_id, event.ts)
         feats = self.features(event)
@@ -140,45 +183,62 @@ class ImportanceEngine:
         scores = {
             "behavior": self.behavior.score(event, feats),
             "logistic": self.logistic.score(event, feats, p),
-            "knn": self.knn.score(feats.dense),
+            "knn": 0.0,
         }
         self.behavior.observe(event)
-        importance = self.rank.update(blend(scores, self.weights))
-        decision = None
+        scored = ScoredEvent(event=event, importance=0.0, scores=scores, p=p, x=feats.sparse)
+        self._knn_ops.append((feats.dense, -1))
+        self._pending.append(scored)
         if event.label is not None:
-            decision = self.sampler.decide(event.event_id, event.label, p, feats.sparse)
+            scored.decision = self.sampler.decide(event.event_id, event.label, p, feats.sparse)
             self._learn(event, feats, event.label)
-        return ScoredEvent(
-            event=event,
-            importance=importance,
-            scores=scores,
-            p=p,
-            x=feats.sparse,
-            decision=decision,
-        )
+        return scored
 
-    def resolve(self, event: Event, label: int, p: float) -> LabelDecision:
-        """An exposure's label is known: keep or drop it as a training example (``p``:
-        the learner's probability when it was scored, before it learned this label),
-        then learn from it."""
+    def begin_resolve(self, event: Event, label: int, p: float) -> LabelDecision:
+        """:meth:`resolve` up to :meth:`flush` (the decision is final)."""
         feats = self.features(event)
         decision = self.sampler.decide(event.event_id, label, p, feats.sparse)
         self._learn(event, feats, label)
         return decision
 
-    def learn(self, event: Event, label: int) -> None:
-        """Learn from an event whose label resolved after it was scored (no decision)."""
+    def begin_learn(self, event: Event, label: int) -> None:
+        """:meth:`learn` up to :meth:`flush`."""
         self._learn(event, self.features(event), label)
+
+    def flush(self) -> None:
+        """Run the nearest-neighbour operations queued since the last flush (one batch,
+        :meth:`models.scorers.knn.KNNImportance.run`), then blend and rank the events
+        begun since, in order."""
+        ops, pending = self._knn_ops, self._pending
+        if not ops:
+            return
+        self._knn_ops, self._pending = [], []
+        knn = self.knn
+        if len(ops) < _BATCH_MIN:  # one by one: the same results, less overhead
+            knn_scores = []
+            for vec, y in ops:
+                if y < 0:
+                    knn_scores.append(knn.score(vec))
+                else:
+                    knn.learn(vec, y)
+        else:
+            ran = knn.run(np.stack([vec for vec, _ in ops]), [y for _, y in ops])
+            knn_scores = [s for s in ran if s is not None]
+        weights, rank = self.weights, self.rank
+        for scored, value in zip(pending, knn_scores, strict=True):
+            scored.scores["knn"] = value
+            scored.importance = rank.update(blend(scored.scores, weights))
 
     def _learn(self, event: Event, feats: EventFeatures, label: int) -> None:
         self.logistic.learn(event, feats, label)
-        self.knn.learn(feats.dense, label)
+        self._knn_ops.append((feats.dense, label))
 
     # -- state ------------------------------------------------------------------------
     def to_state(self) -> dict[str, dict[str, Any]]:
         """Plain-data state in parts, each small enough for one Kafka message (the
         label-time sampler's in its own part, ``sampler``: its statistics may grow with
         the features it saw, up to the hash size)."""
+        self.flush()
         self.version += 1
         return {
             "meta": {
@@ -204,6 +264,7 @@ class ImportanceEngine:
         must have this engine's size and embedding dimension, so saved state cannot make
         the engine allocate more memory than it was configured with.
         """
+        self.flush()
         try:
             _check_untrusted(parts, self.knn.window_size)
             meta = parts["meta"]

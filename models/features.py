@@ -93,10 +93,75 @@ def feature_names(event: Event) -> list[str]:
     return names
 
 
+#: CRC-32 states after each feature name's fixed prefix: ``crc32(rest, _PREFIX[p])`` is
+#: ``crc32(p + rest)``, so a name's bucket is computed without building the name.
+_PREFIX = {
+    p: zlib.crc32(p.encode())
+    for p in ("u=", "i=", "c=", "t=", "pos=", "h=", "pb=", "t*pos=", "t*h=", "u*c=", "i*t=")
+}
+_BAR = b"|"
+#: buckets of the features that depend only on (type, position, hour, price bucket, bits)
+_SMALL: dict[tuple[str, str, int, str, int], tuple[int, ...]] = {}
+_SMALL_MAX = 65_536
+
+
+def _small_buckets(etype: str, pos: str, hour: int, pb: str, mask: int) -> tuple[int, ...]:
+    key = (etype, pos, hour, pb, mask)
+    found = _SMALL.get(key)
+    if found is None:
+        crc, pre = zlib.crc32, _PREFIX
+        t, p, h = etype.encode(), pos.encode(), str(hour).encode()
+        found = (
+            crc(t, pre["t="]) & mask,
+            crc(p, pre["pos="]) & mask,
+            crc(h, pre["h="]) & mask,
+            crc(pb.encode(), pre["pb="]) & mask,
+            crc(p, crc(_BAR, crc(t, pre["t*pos="]))) & mask,
+            crc(h, crc(_BAR, crc(t, pre["t*h="]))) & mask,
+        )
+        if len(_SMALL) >= _SMALL_MAX:
+            _SMALL.clear()
+        _SMALL[key] = found
+    return found
+
+
 def hashed_features(event: Event, bits: int = 18) -> dict[int, float]:
-    """Indicator features hashed into ``2**bits`` buckets, as a river-style ``{index: 1.0}``."""
+    """Indicator features hashed into ``2**bits`` buckets, as a river-style ``{index: 1.0}``.
+
+    The bucket of a feature is ``crc32(name) & (2**bits - 1)`` for each name of
+    :func:`feature_names` (in that order), computed from CRC-32 states of the names'
+    prefixes instead of building the names.
+    """
     mask = (1 << bits) - 1
-    return {_h(name) & mask: 1.0 for name in feature_names(event)}
+    crc, pre = zlib.crc32, _PREFIX
+    etype = event.type
+    cat = event.category_id or "none"
+    pos = str(event.position) if event.position is not None else "none"
+    hour = int(event.ts // 3600 % 24)
+    u = event.user_id.encode()
+    i = event.item_id.encode()
+    c = cat.encode()
+    b_t, b_pos, b_h, b_pb, b_tpos, b_th = _small_buckets(
+        etype, pos, hour, price_bucket(event.price), mask
+    )
+    x = {
+        crc(u, pre["u="]) & mask: 1.0,
+        crc(i, pre["i="]) & mask: 1.0,
+        crc(c, pre["c="]) & mask: 1.0,
+        b_t: 1.0,
+        b_pos: 1.0,
+        b_h: 1.0,
+        b_pb: 1.0,
+        b_tpos: 1.0,
+        b_th: 1.0,
+        crc(c, crc(_BAR, crc(u, pre["u*c="]))) & mask: 1.0,
+        crc(etype.encode(), crc(_BAR, crc(i, pre["i*t="]))) & mask: 1.0,
+    }
+    if event.context:
+        names = feature_names(event)
+        for name in names[11:]:
+            x.setdefault(_h(name) & mask, 1.0)
+    return x
 
 
 def embed(event: Event) -> np.ndarray:

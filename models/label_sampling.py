@@ -70,10 +70,17 @@ class LabelDecision:
     sampler: str
 
     def fields(self) -> dict[str, Any]:
-        """The record fields (``training-samples`` contract), rounded for JSON."""
+        """The record fields (``training-samples`` contract), to 12 significant digits
+        (not decimals: a small ``pi`` rounded to decimals would no longer match its
+        ``offset`` and ``weight``).
+
+        >>> d = LabelDecision(True, 1 / 3, 1.0, 0.000123456789012345, 9.0, 3.0, "x")
+        >>> d.fields()["pi_negative"]
+        0.000123456789012
+        """
         out = asdict(self)
         for key in ("pi", "pi_positive", "pi_negative", "offset", "weight"):
-            out[key] = round(out[key], 9)
+            out[key] = float(f"{out[key]:.12g}")
         del out["keep"]
         return out
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -201,40 +201,93 @@ class PartitionPipeline:
 
     def process(self, ev: Event) -> Outcome:
         """The whole per-event path after decoding (see the module docstring)."""
+        return self.process_batch([ev])[0]
+
+    def process_batch(
+        self, events: Sequence[Event], on_due: Callable[[], Any] | None = None
+    ) -> list[Outcome]:
+        """:meth:`process` of each event in turn, computed together: the same outcomes,
+        the same label store writes in the same order, the same model.
+
+        Events are taken in chunks that end where the snapshot cadence (by count) falls
+        due; ``on_due()`` is called after a chunk when :meth:`due` (the caller snapshots
+        there, as it would after that event on the one-event path).
+        """
+        outcomes: list[Outcome] = []
+        i = 0
+        while i < len(events):
+            room = max(1, self.config.snapshot_every - self.since_snapshot)
+            chunk = events[i : i + room]
+            outcomes.extend(self._process_chunk(chunk))
+            i += len(chunk)
+            if on_due is not None and self.due():
+                on_due()
+        return outcomes
+
+    def _process_chunk(self, events: Sequence[Event]) -> list[Outcome]:
+        """Two passes: every step of every event but the nearest-neighbour scores (the
+        engine queues them, :meth:`ImportanceEngine.begin`), with the label store's writes
+        held back; then the scores, the importances, the records, and the writes in their
+        order (what a held-back write holds is complete by then)."""
         engine, labels, partition = self.engine, self.labels, self.partition
         clock = engine.clock
-        capped_before = clock.capped
-        scored = engine.score(ev)  # advances the clock; learns an explicit label at once
-        resolved = labels.expire(partition, clock.time)
-        resolved.extend(labels.expire_user(partition, ev.user_id, clock.last))
-        if ev.type in CONVERSION_TYPES:
-            resolved.extend(labels.convert(partition, ev))
-        record = scored.record(
-            updates=engine.updates, version=engine.version, scored_at=self.wall()
-        )
-        record["partition"] = partition
-        out = Outcome(record, capped=clock.capped > capped_before)
-        if ev.label is not None:
-            info = {"p": scored.p, "importance": scored.importance}
-            out.labelled.append((scored.p, ev.label))  # scored before score() learned it
-            assert scored.decision is not None  # score() decides every explicit label
-            self._decided(out, ev, info, ev.label, "explicit", scored.decision)
-        elif ev.type in EXPOSURE_TYPES:
-            # what deciding it needs (its features are hashed again from the event)
-            info = {"p": scored.p, "importance": scored.importance}
-            resolved.extend(labels.track(partition, ev, info))
-        for item in resolved:
-            p = item.info.get("p", -1.0)  # p from before it learned this label
-            out.labelled.append((p, item.label))
-            if p < 0.0:  # tracked by an earlier version without p: learn, do not decide
-                engine.learn(item.event, item.label)
-                continue
-            decision = engine.resolve(item.event, item.label, p)
-            self._decided(out, item.event, item.info, item.label, item.reason, decision)
-        out.resolved = resolved
-        out.clock = clock.time
-        self.since_snapshot += 1
-        return out
+        store = labels.store
+        # one event: its score is known before it is tracked, nothing to hold back
+        single = len(events) == 1
+        held = _HeldWrites(store)
+        if not single:
+            labels.store = held
+        steps = []
+        try:
+            for ev in events:
+                capped_before = clock.capped
+                scored = engine.begin(ev)  # advances the clock; learns an explicit label
+                if single:
+                    engine.flush()
+                resolved = labels.expire(partition, clock.time)
+                resolved.extend(labels.expire_user(partition, ev.user_id, clock.last))
+                if ev.type in CONVERSION_TYPES:
+                    resolved.extend(labels.convert(partition, ev))
+                out = Outcome({}, capped=clock.capped > capped_before)
+                # the score record's figures as of now (the records are made below)
+                figures = (engine.updates, engine.version, self.wall())
+                # (importance: known after the flush)
+                info = {"p": scored.p, "importance": scored.importance if single else None}
+                decided = []
+                if ev.label is not None:
+                    out.labelled.append((scored.p, ev.label))  # scored before it learned
+                    assert scored.decision is not None  # begin() decides explicit labels
+                    decided.append((ev, info, ev.label, "explicit", scored.decision))
+                elif ev.type in EXPOSURE_TYPES:
+                    # what deciding it needs (its features are hashed again from the event)
+                    resolved.extend(labels.track(partition, ev, info))
+                for item in resolved:
+                    p = item.info.get("p", -1.0)  # p from before it learned this label
+                    out.labelled.append((p, item.label))
+                    if p < 0.0:  # tracked by an earlier version without p: learn only
+                        engine.begin_learn(item.event, item.label)
+                        continue
+                    decision = engine.begin_resolve(item.event, item.label, p)
+                    decided.append((item.event, item.info, item.label, item.reason, decision))
+                out.resolved = resolved
+                out.clock = clock.time
+                self.since_snapshot += 1
+                steps.append((out, scored, info, figures, decided))
+        finally:
+            engine.flush()
+            for _out, scored, info, _figures, _decided in steps:
+                info["importance"] = scored.importance
+            labels.store = store
+            held.apply()
+        outcomes = []
+        for out, scored, _info, (updates, version, scored_at), decided in steps:
+            record = scored.record(updates=updates, version=version, scored_at=scored_at)
+            record["partition"] = partition
+            out.record = record
+            for ev, info, label, source, decision in decided:
+                self._decided(out, ev, info, label, source, decision)
+            outcomes.append(out)
+        return outcomes
 
     def _decided(
         self,
@@ -267,3 +320,63 @@ class PartitionPipeline:
         self.since_snapshot = 0
         self.last_snapshot = self.monotonic()
         return state
+
+
+_DELETED = object()
+
+
+class _HeldWrites(MutableMapping[str, Any]):
+    """A view of a label store whose writes are held back and applied, in their order,
+    by :meth:`apply` (reads see them at once)."""
+
+    def __init__(self, base: MutableMapping[str, Any]) -> None:
+        self.base = base
+        self._overlay: dict[str, Any] = {}
+        self._writes: list[tuple[str, Any]] = []
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._overlay.get(key, self)
+        if value is self:
+            return self.base[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        value = self._overlay.get(key, self)  # type: ignore[call-overload]
+        if value is self:
+            return key in self.base
+        return value is not _DELETED
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._overlay[key] = value
+        self._writes.append((key, value))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._overlay[key] = _DELETED
+        self._writes.append((key, _DELETED))
+
+    def __iter__(self) -> Iterator[str]:
+        overlay = self._overlay
+        for key in list(self.base):
+            if key not in overlay:
+                yield key
+        for key, value in list(overlay.items()):
+            if value is not _DELETED:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def apply(self) -> None:
+        """Make the held writes in the base store, in order."""
+        base = self.base
+        for key, value in self._writes:
+            if value is _DELETED:
+                del base[key]
+            else:
+                base[key] = value
+        self._writes.clear()
+        self._overlay.clear()

@@ -7,12 +7,14 @@ point (:mod:`stream_app.worker`) imports both.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
 from faust.web import drivers as web_drivers
 
 from stream_app.config import Settings
+from stream_app.local_store import store_url
 from stream_app.output import Output
 from stream_app.topics import MODEL_STATE_MAX_BYTES, model_state_topic
 
@@ -25,6 +27,7 @@ __all__ = [
     "model_topic",
     "output",
     "pending_table",
+    "prepare_data_dir",
     "scores_topic",
     "settings",
     "training_topic",
@@ -49,6 +52,15 @@ def client_config(settings: Settings) -> dict[str, Any]:
 web_drivers.DRIVERS.aliases.setdefault("importance", "stream_app.web.server:Web")
 
 
+def prepare_data_dir(settings: Settings) -> Path:
+    """The worker's data directory, created with its parents (Faust creates only the last
+    level: a fresh checkout has no ``.cache``). A relative ``IMPORTANCE_DATA_DIR`` is
+    relative to the working directory."""
+    path = Path(settings.data_dir).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def create_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings``."""
     bootstrap = resolve_bootstrap(settings)
@@ -57,12 +69,12 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=brokers,
         broker_credentials=settings.faust_credentials(),
-        store="memory://",
+        store=store_url(settings.table_store),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         key_serializer="raw",
         value_serializer="raw",
-        datadir=settings.data_dir,
+        datadir=str(prepare_data_dir(settings)),
         web="importance://",
         web_bind=settings.web_host,
         web_host=settings.web_host,
@@ -83,10 +95,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         # A worker that died (SIGKILL, OOM) is noticed within 10 s, so its replacement
         # does not wait a minute for the group to let it in.
         broker_session_timeout=10.0,
+        consumer_group_instance_id=settings.group_instance_id_or_none(),
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=30.0,
         stream_recovery_delay=0.5,
@@ -102,6 +115,8 @@ output = Output(
     settings.kafka_client_config(),
     transactional_id=settings.transactional_id_or_default() if settings.exactly_once else None,
     max_message_bytes=MODEL_STATE_MAX_BYTES,
+    # local table stores copy changelog records from their delivery reports
+    delivery_reports=settings.table_store == "rocksdb",
 )
 
 #: Input: behaviour events, JSON, keyed any way (or not at all).

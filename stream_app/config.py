@@ -246,6 +246,34 @@ class Settings(BaseSettings):
         "a directory path",
         min_length=1,
     )
+    table_store: Literal["memory", "rocksdb"] = _var(
+        "IMPORTANCE_TABLE_STORE",
+        "rocksdb",
+        "where table state lives: rocksdb (memory plus a local copy of each changelog "
+        "partition under IMPORTANCE_DATA_DIR: a restart reads only the changelog tail) or "
+        "memory (every start reads the whole changelog)",
+        "rocksdb or memory",
+    )
+    standby_replicas: int = _var(
+        "IMPORTANCE_STANDBY_REPLICAS",
+        0,
+        "standby replicas of every table partition kept by other workers of the group (a "
+        "standby takes over a dead worker's partitions reading only the changelog tail; "
+        "with IMPORTANCE_TABLE_STORE=rocksdb)",
+        "an integer from 0 to 10",
+        ge=0,
+        le=10,
+    )
+    group_instance_id: str | None = _var(
+        "IMPORTANCE_GROUP_INSTANCE_ID",
+        None,
+        "static membership of the consumer group: a restarted worker with the same id takes "
+        "its partitions back at once instead of waiting for the group to drop its "
+        "predecessor (the session timeout); 'auto': app id, host name and web port. A worker "
+        "that stops is then also replaced only after the session timeout",
+        "auto, or 1-200 characters of A-Z a-z 0-9 . _ -",
+        pattern=TOPIC_PATTERN,
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = _var(
         "IMPORTANCE_PROCESSING_GUARANTEE",
         "at_least_once",
@@ -384,7 +412,7 @@ class Settings(BaseSettings):
         """Only what is passed in: the environment is read by :meth:`from_env`."""
         return (init_settings,)
 
-    @field_validator("processing_guarantee", mode="before")
+    @field_validator("processing_guarantee", "table_store", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -436,7 +464,24 @@ class Settings(BaseSettings):
             )
         self._check_security()
         self._check_web()
+        self._check_store()
         return self
+
+    def _check_store(self) -> None:
+        if self.table_store == "rocksdb":
+            try:
+                import rocksdict  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "IMPORTANCE_TABLE_STORE='rocksdb' needs the rocksdict package "
+                    "(pip install rocksdict); allowed without it: memory"
+                ) from None
+        if self.standby_replicas and self.table_store == "memory":
+            raise ValueError(
+                f"IMPORTANCE_STANDBY_REPLICAS={self.standby_replicas} needs "
+                "IMPORTANCE_TABLE_STORE=rocksdb (the memory store reads a standby's whole "
+                "changelog again when it takes over)"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (field names), validated like any settings."""
@@ -460,6 +505,14 @@ class Settings(BaseSettings):
         import socket
 
         return f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
+
+    def group_instance_id_or_none(self) -> str | None:
+        """The consumer's ``group.instance.id`` (None: dynamic membership)."""
+        if self.group_instance_id == "auto":
+            import socket
+
+            return f"{self.app_id}-{socket.gethostname()}-{self.web_port}"[:249]
+        return self.group_instance_id
 
     @property
     def advertised_url(self) -> str:

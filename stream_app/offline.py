@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from models.engine import ImportanceEngine
-from models.events import InvalidEvent, decode_event, validate_event
+from models.events import Event, InvalidEvent, decode_event, validate_event
 from models.pipeline import Outcome, PartitionPipeline, PipelineConfig
 
 __all__ = ["process_events", "score_events", "score_record", "training_events"]
@@ -33,6 +33,10 @@ def process_events(
     """
     config = config or PipelineConfig()
     pipeline = PartitionPipeline(0, config, labels={}, engine=engine, wall=wall)
+    # events are scored BATCH at a time (PartitionPipeline.process_batch: the same
+    # outcomes as one at a time)
+    results: list[Any] = []
+    valid: list[Event] = []
     for raw in events:
         try:
             # validated as the worker's decode agent does, against the same wall clock
@@ -41,9 +45,29 @@ def process_events(
             else:
                 ev = validate_event(raw, now=wall())
         except InvalidEvent as exc:
-            yield {"error": exc.code, "detail": str(exc)}
-            continue
-        yield pipeline.process(ev)
+            results.append({"error": exc.code, "detail": str(exc)})
+        else:
+            results.append(None)
+            valid.append(ev)
+            if len(valid) >= BATCH:
+                yield from _scored(pipeline, valid, results)
+    yield from _scored(pipeline, valid, results)
+
+
+#: events scored together by :func:`process_events`
+BATCH = 512
+
+
+def _scored(
+    pipeline: PartitionPipeline, valid: list[Event], results: list[Any]
+) -> Iterator[Outcome | dict[str, Any]]:
+    """The outcomes of ``valid`` put in the places (None) ``results`` keeps for them, in
+    input order; both lists are emptied."""
+    outcomes = iter(pipeline.process_batch(valid))
+    for item in results:
+        yield next(outcomes) if item is None else item
+    valid.clear()
+    results.clear()
 
 
 def score_events(

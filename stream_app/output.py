@@ -51,6 +51,8 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from stream_app.faust_internals import key_partitions
+
 __all__ = [
     "CONTENT_ERRORS",
     "ChangelogStore",
@@ -136,6 +138,7 @@ class Output:
         *,
         transactional_id: str | None = None,
         max_message_bytes: int = 1_000_000,
+        delivery_reports: bool = False,
     ) -> None:
         self.config = {
             "bootstrap.servers": bootstrap,
@@ -147,7 +150,9 @@ class Output:
             "queue.buffering.max.kbytes": 512 * 1024,
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
-            "delivery.report.only.error": True,
+            # a report per delivered message only when local table stores copy the
+            # changelog records from them (see add_mirror)
+            "delivery.report.only.error": not delivery_reports,
             "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
             "message.max.bytes": max_message_bytes,
@@ -189,6 +194,36 @@ class Output:
         #: offsets of input messages held back per (topic, partition): events whose
         #: processing failed, not yet judged; the transactional commit stops below them
         self.held: dict[tuple[str, int], set[int]] = {}
+        #: changelog topic → the local table store copying its delivered records
+        #: (:class:`stream_app.local_store.LocalStore`)
+        self.mirrors: dict[str, Any] = {}
+
+    def add_mirror(self, topic: str, store: Any) -> None:
+        """Give ``store.delivered(partition, offset, key, value)`` every record delivered to
+        ``topic``; ``store.persist()`` is called once they are durable (after a flush, or
+        when their transaction committed) and ``store.discard()`` when their transaction
+        aborted."""
+        if self.config["delivery.report.only.error"]:
+            if self._producer is not None:
+                raise RuntimeError(
+                    "output: delivery reports are off and the producer exists already: "
+                    "create Output(delivery_reports=True) for local table stores"
+                )
+            self.config["delivery.report.only.error"] = False
+        self.mirrors[topic] = store
+
+    def poll(self) -> None:
+        """Serve the delivery reports librdkafka has waiting (none before the first send)."""
+        if self._producer is not None:
+            self._producer.poll(0)
+
+    def persist_mirrors(self) -> int:
+        """Copy the delivered changelog records into the local stores (durable now)."""
+        return sum(store.persist() for store in list(self.mirrors.values()))
+
+    def discard_mirrors(self) -> int:
+        """Forget delivered changelog records whose transaction aborted."""
+        return sum(store.discard() for store in list(self.mirrors.values()))
 
     @property
     def origin(self) -> tuple[str, int, int] | None:
@@ -250,6 +285,12 @@ class Output:
 
     # -- callbacks (run in whichever thread polls or flushes) --------------------------
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            if self.mirrors:
+                store = self.mirrors.get(msg.topic())
+                if store is not None:
+                    store.delivered(msg.partition(), msg.offset(), msg.key(), msg.value())
+            return
         if err is not None:
             text = f"{msg.topic()}[{msg.partition()}]: {err.str()}"
             if (
@@ -368,6 +409,8 @@ class Output:
         self.raise_for_errors()
         if remaining:
             raise DeliveryError(f"{remaining} messages still undelivered after {timeout} s")
+        if self.mirrors and not self.transactional:
+            self.persist_mirrors()  # acks=all: delivered is durable
 
     def _produce_replacements(self) -> int:
         """Deal with the records refused since the last call: each is produced again
@@ -398,6 +441,9 @@ class Output:
             self._refused or self._refused_alone
         ):
             self.raise_for_errors()
+            if self.mirrors and not self.transactional:
+                self.poll()  # delivery reports not served yet
+                self.persist_mirrors()
             return
         await asyncio.get_running_loop().run_in_executor(None, self.flush_sync)
         if self.failed is not None:
@@ -428,6 +474,8 @@ class Output:
             _retrying(producer.commit_transaction, TRANSACTION_CALL_TIMEOUT_S)
             self.raise_for_errors()
         except Exception as exc:
+            if self.mirrors:
+                self.discard_mirrors()
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             if error is not None and error.txn_requires_abort():
                 try:
@@ -435,6 +483,8 @@ class Output:
                 except Exception as abort_exc:
                     log.error("output: abort failed too: %s", abort_exc)
             raise TransactionError(f"transaction not committed: {exc}") from exc
+        if self.mirrors:
+            self.persist_mirrors()  # every record delivered so far was in this transaction
         producer.begin_transaction()
         self.in_transaction = 0
 
@@ -510,6 +560,8 @@ class ChangelogStore(MutableMapping[Any, Any]):
         self.partition_of = partition_of
         self.writes = 0
         self._json = table.value_serializer in ("json", None)
+        if hasattr(table.data, "delivered"):  # a local store copies what is delivered
+            output.add_mirror(table.changelog_topic.get_topic_name(), table.data)
 
     @property
     def data(self) -> Any:
@@ -533,7 +585,7 @@ class ChangelogStore(MutableMapping[Any, Any]):
     def put(self, partition: int, key: Any, value: Any) -> None:
         """Set ``key`` in changelog ``partition`` (``value=None`` deletes it)."""
         store = self.table.data
-        key_partition = getattr(store, "_key_partition", None)
+        key_partition = key_partitions(store)
         if value is None:
             store.pop(key, None)
             if key_partition is not None:

@@ -46,6 +46,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from stream_app import faust_internals
 from stream_app.output import Output, TransactionError
 
 __all__ = [
@@ -179,12 +180,12 @@ class ExactlyOnce:
 
     def group_metadata(self) -> bytes:
         """The group membership Faust's consumer holds now (generation, member id)."""
-        coordinator = self.app.consumer._thread._consumer._coordinator
+        coordinator = faust_internals.group_coordinator(self.app)
         return group_metadata(
             self.app.conf.id,
             coordinator.generation,
             coordinator.member_id,
-            getattr(coordinator, "_group_instance_id", None),
+            faust_internals.group_instance_id(coordinator),
         )
 
     async def commit_tps(self, tps: Iterable[Any], start_new_transaction: bool = True) -> bool:
@@ -211,16 +212,16 @@ class ExactlyOnce:
             if not offsets:
                 return False
             now = time.monotonic()
-            consumer._thread.tp_last_committed_at.update({tp: now for tp in offsets})
+            faust_internals.mark_committed(consumer, offsets, now)
             self.app.tables.on_commit(offsets)
-            consumer._committed_offset.update(offsets)
+            faust_internals.set_committed(consumer, offsets)
             self.app.monitor.on_tp_commit(offsets)
             return True
 
     def install(self) -> None:
         """Take over the commits of ``app``'s consumer; read committed data only."""
         consumer = self.app.consumer
-        consumer._commit_tps = self.commit_tps
+        faust_internals.replace_commit(consumer, self.commit_tps)
         _read_committed(self.client_config)
         # Initialise the transactions now, before the consumer joins the group: this
         # aborts what a predecessor with the same transactional id left open, which would
@@ -259,22 +260,22 @@ def handled_offsets(
     assignment = consumer.assignment()
     offsets: dict[Any, int] = {}
     for tp in tps:
-        acked = consumer._acked.get(tp)
+        acked = faust_internals.pending_acks(consumer, tp)
         if not acked:
             continue
         top = max(acked) + 1
         hold = held.get((tp.topic, tp.partition)) if held else None
         if hold and min(hold) < top:
-            committed = consumer._committed_offset.get(tp)
+            committed = faust_internals.committed_offset(consumer, tp)
             if tp in assignment and (committed is None or min(hold) > committed):
                 offsets[tp] = min(hold)
             continue
         acked.clear()
-        consumer._acked_index[tp].clear()
-        gaps = consumer._gap.get(tp)
+        faust_internals.clear_acked(consumer, tp)
+        gaps = faust_internals.pending_gaps(consumer, tp)
         if gaps:
             gaps.chop(0, top)
-        committed = consumer._committed_offset.get(tp)
+        committed = faust_internals.committed_offset(consumer, tp)
         if tp in assignment and (committed is None or top > committed):
             offsets[tp] = top
     return offsets
@@ -302,23 +303,25 @@ def _read_committed(client_config: Callable[[], dict[str, Any]]) -> None:
     global _patched
     if _patched:
         return
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    create = AIOKafkaConsumerThread._create_worker_consumer
-    highwaters = AIOKafkaConsumerThread._highwaters
+    def wrap_create(create: Callable[..., Any]) -> Callable[..., Any]:
+        def _create_worker_consumer(self: Any, transport: Any) -> Any:
+            consumer = create(self, transport)
+            # read by start(), which comes next
+            faust_internals.set_isolation_level(consumer, "read_committed")
+            return consumer
 
-    def _create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        consumer._isolation_level = "read_committed"  # read by start(), which comes next
-        return consumer
+        return _create_worker_consumer
 
-    async def _highwaters(self: Any, partitions: list) -> Mapping[Any, int]:
-        ends = await highwaters(self, partitions)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, _committed_ends, client_config(), dict(ends))
+    def wrap_highwaters(highwaters: Callable[..., Any]) -> Callable[..., Any]:
+        async def _highwaters(self: Any, partitions: list) -> Mapping[Any, int]:
+            ends = await highwaters(self, partitions)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, _committed_ends, client_config(), dict(ends))
 
-    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
-    AIOKafkaConsumerThread._highwaters = _highwaters
+        return _highwaters
+
+    faust_internals.patch_consumer_thread(wrap_create, wrap_highwaters)
     _patched = True
 
 

@@ -79,7 +79,10 @@ def run_worker(argv: list[str] | None = None) -> None:
     import agents.rolling
     import agents.score
     import stream_app.web.api  # noqa: F401
+    from stream_app.offset_guard import hold_streams_until_ready
 
+    # Faust empties the streams' queues at the end of a recovery: deliver nothing before
+    hold_streams_until_ready(app)
     if settings.exactly_once:
         # offsets are committed in the output producer's transactions
         from stream_app.transactions import install
@@ -89,10 +92,28 @@ def run_worker(argv: list[str] | None = None) -> None:
         # Faust flushes its producer before every offset commit: write out the rolling
         # batch and flush ours there too.
         output.install_barrier(app, before=agents.rolling.flush_async)
+        if output.mirrors:
+            install_store_copy(app, output)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     tune_gc()
     app.main()
+
+
+#: seconds between copies of delivered changelog records into the local table stores
+#: (at_least_once; with exactly_once they are copied when their transaction commits)
+STORE_COPY_INTERVAL_S = 0.25
+
+
+def install_store_copy(app, output) -> None:
+    """Copy delivered changelog records into the local stores every
+    :data:`STORE_COPY_INTERVAL_S` seconds, besides every offset commit: what a SIGKILLed
+    worker's successor reads again from the changelogs is what was delivered since."""
+
+    @app.timer(interval=STORE_COPY_INTERVAL_S)
+    async def copy_delivered() -> None:
+        output.poll()  # serve the delivery reports waiting
+        output.persist_mirrors()
 
 
 def tune_gc() -> None:

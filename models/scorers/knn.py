@@ -44,6 +44,12 @@ _MARGIN = 8
 _F32_EPS = float(np.finfo(np.float32).eps)
 
 _STATE_VERSION = 1
+#: operations searched together by :meth:`KNNImportance.run` (bounds its score matrix)
+_CHUNK = 256
+#: fewer operations than this are searched one by one by :meth:`KNNImportance.run`
+_BATCH_MIN = 8
+#: columns per group whose minima bound the candidates in :func:`batch_assess`
+_GROUP = 32
 
 
 # ---------------------------------------------------------------------------
@@ -207,6 +213,8 @@ class FastKNNClassifier(base.Classifier):
         self._getter: itemgetter | None = None
         self._d: int | None = None
         self._X: np.ndarray | None = None  # (window_size, d) float32 ring buffer
+        self._X64: np.ndarray | None = None  # the same rows as float64 (exact re-ranking)
+        self._Xm2: np.ndarray | None = None  # the same rows times -2 (float32, exact)
         self._sq: np.ndarray | None = None  # (window_size,) float32 squared norms
         self._y: np.ndarray | None = None  # (window_size,) float64 labels in {0, 1}
         self._ids: np.ndarray | None = None  # (window_size,) int64 insertion ids
@@ -259,6 +267,8 @@ class FastKNNClassifier(base.Classifier):
         w = self.window_size
         self._d = d
         self._X = np.zeros((w, d), dtype=np.float32)
+        self._X64 = np.zeros((w, d), dtype=np.float64)
+        self._Xm2 = np.zeros((w, d), dtype=np.float32)
         self._sq = np.zeros(w, dtype=np.float32)
         self._y = np.zeros(w, dtype=np.float64)
         self._ids = np.full(w, -1, dtype=np.int64)
@@ -305,31 +315,35 @@ class FastKNNClassifier(base.Classifier):
         n = self._n
         if n == 0:
             return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
-        X = self._X[:n]  # the filled part is always the first n rows of the ring
         k = min(self.n_neighbors, n)
         m = min(n, k + _MARGIN)
         if m == n:
             slots, d2 = self._rank_exact(np.arange(n), q, k)
             return slots, np.sqrt(d2)
+        # the filled part is always the first n rows of the ring; (-2X)·q is exactly
+        # -2(X·q) (a power of two), so the scores are ||x||² - 2 x·q as before
         scores = self._scratch[:n]
-        np.matmul(X, q, out=scores)
-        scores *= -2.0
+        np.matmul(self._Xm2[:n], q, out=scores)
         scores += self._sq[:n]
-        cand = np.argpartition(scores, m - 1)[:m]
+        # the candidates: every row whose score is at most the m-th smallest (m rows, or
+        # more on ties; a partition of the values and a comparison cost less than
+        # argpartition)
+        bound = float(np.partition(scores, m - 1)[m - 1])
+        cand = np.flatnonzero(scores <= bound)
         slots, d2 = self._rank_exact(cand, q, k)
-        # Every row outside `cand` has an approximate score >= the largest candidate
+        # Every row outside `cand` has an approximate score > the largest candidate
         # score; its true squared distance is at least that minus the rounding error.
         # Certify that this lower bound exceeds the k-th exact squared distance.
         sq_max = self._sq_max
         err = (q.shape[0] + 2) * 2.0 * _F32_EPS * (sq_max + 2.0 * math.sqrt(sq_max * qq) + qq)
-        if float(scores[cand].max()) + qq - err > d2[-1]:
+        if bound + qq - err > d2[-1]:
             return slots, np.sqrt(d2)
         slots, d2 = self._rank_exact(np.arange(n), q, k)
         return slots, np.sqrt(d2)
 
     def _rank_exact(self, cand: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact float64 squared distances for ``cand``; return the k best (slots, d²)."""
-        diff = self._X[cand].astype(np.float64)
+        diff = self._X64[cand]  # a copy (fancy indexing)
         diff -= q
         d2 = np.einsum("ij,ij->i", diff, diff)
         if k < cand.shape[0] and cand.shape[0] > 64:
@@ -366,10 +380,16 @@ class FastKNNClassifier(base.Classifier):
         if y not in (0, 1):
             raise ValueError(f"labels must be binary (False/True or 0/1), got {y!r}")
         q, sq = self._query(vec)
+        self._store(q, sq, y)
+
+    def _store(self, q: np.ndarray, sq: float, y: bool | int) -> None:
+        """Write a validated vector (:meth:`_query`) and its label into the ring."""
         if self._X is None:
             self._allocate(q.shape[0])
         p = self._pos
         self._X[p] = q
+        self._X64[p] = q
+        np.multiply(q, -2.0, out=self._Xm2[p])
         self._sq[p] = sq
         if sq > self._sq_max:
             self._sq_max = sq
@@ -483,6 +503,8 @@ class FastKNNClassifier(base.Classifier):
                 if X.shape != (n, d):
                     raise ValueError(f"state X has shape {X.shape}, expected {(n, d)}")
                 model._X[:n] = X
+                model._X64[:n] = X
+                model._Xm2[:n] = X * np.float32(-2.0)
                 model._sq[:n] = _decode_array(state["sqnorm"], "<f4")
                 model._y[:n] = _decode_array(state["labels"], "|u1")
                 model._ids[:n] = _decode_array(state["ids"], "<i8")
@@ -602,9 +624,8 @@ class KNNImportance:
         if key == self._cache_key:
             return self._cache_val
         slots, dist = clf._search(q, qq)
-        labels = clf._y[slots]
-        frac = clf._positive_mass(dist, labels) / dist.shape[0]
-        val = (float(dist.mean()), frac)
+        # computed as batch_assess computes each row: the same values on both paths
+        val = _summary(clf, dist, clf._y[slots])
         self._cache_key, self._cache_val = key, val
         return val
 
@@ -658,7 +679,7 @@ class KNNImportance:
         a = self._assess(q, qq)
         if a is not None:
             self._update_typical(a[0])
-        self.classifier.learn_vec(q, y)
+        self.classifier._store(q, qq, y)
 
     def _update_typical(self, d: float) -> None:
         typ = self._typical
@@ -670,6 +691,70 @@ class KNNImportance:
                 d = min(d, 4.0 * typ)
             self._typical = typ + alpha * (d - typ)
         self._n_typical += 1
+
+    # -- batch API --------------------------------------------------------------------
+
+    def run(self, vecs: np.ndarray, labels: Sequence[int]) -> list[float | None]:
+        """Apply a sequence of operations in order and return their scores.
+
+        ``vecs`` is a ``(T, d)`` array; operation ``t`` scores ``vecs[t]`` when
+        ``labels[t]`` is ``-1`` (its :meth:`score`; nothing changes), and otherwise learns
+        it with that label (:meth:`learn`; its score is None). The neighbour searches of
+        all operations are done together (:func:`batch_assess`): one matrix product of the
+        vectors with the window and the rows the batch adds, masked to what each
+        operation would see, and one selection per row. The result is what the
+        operations in turn would give, the same for any split of the sequence into
+        calls (see :func:`batch_assess`), and the model ends in the same state.
+        """
+        clf = self.classifier
+        T = len(labels)
+        out: list[float | None] = [None] * T
+        if T == 0:
+            return out
+        V = np.ascontiguousarray(vecs, dtype=np.float32).reshape(T, -1)
+        # squared norms as :meth:`FastKNNClassifier._query` computes them (the same state
+        # whichever path learnt a row)
+        qq = np.array([float(v @ v) for v in V], dtype=np.float32)
+        if not np.isfinite(qq).all():
+            raise ValueError("vector has non-finite values (or its float32 squared norm overflows)")
+        if clf._d is not None and V.shape[1] != clf._d:
+            raise ValueError(f"expected vectors of length {clf._d}, got {V.shape[1]}")
+        y = [int(v) for v in labels]
+        for v in y:
+            if v not in (-1, 0, 1):
+                raise ValueError(f"labels must be -1 (score), 0 or 1, got {v!r}")
+        if clf._X is None:
+            clf._allocate(V.shape[1])
+        # chunks that add at most window_size rows (rows added in a chunk are not evicted
+        # within it)
+        start = 0
+        while start < T:
+            end, learned = start, 0
+            while end < T and end - start < _CHUNK and (learned < clf.window_size or y[end] < 0):
+                learned += y[end] >= 0
+                end += 1
+            self._run_chunk(V[start:end], qq[start:end], y[start:end], out, start)
+            start = end
+        self._cache_key = self._cache_val = None
+        return out
+
+    def _run_chunk(
+        self, V: np.ndarray, qq: np.ndarray, y: list[int], out: list[float | None], at: int
+    ) -> None:
+        clf = self.classifier
+        # a few operations cost less one by one (the same results: see batch_assess)
+        batched = len(y) >= _BATCH_MIN
+        assessed = batch_assess(clf, V, qq, y) if batched else None
+        w = self.novelty_weight
+        for t, label in enumerate(y):
+            a = assessed[t] if assessed is not None else self._assess(V[t], float(qq[t]))
+            if label < 0:
+                s = w * self._novelty_from(a) + (1.0 - w) * self._disagreement_from(a)
+                out[at + t] = min(max(s, 0.0), 1.0)
+            else:
+                if a is not None:
+                    self._update_typical(a[0])
+                clf._store(V[t], float(qq[t]), label)
 
     # -- dict API -----------------------------------------------------------------------
 
@@ -724,3 +809,157 @@ class KNNImportance:
             f"novelty_weight={self.novelty_weight}, typical_decay={self.typical_decay}, "
             f"weighted={self.weighted}, n_stored={self.classifier.n_stored})"
         )
+
+
+def _d2(diff: np.ndarray) -> np.ndarray:
+    """Squared norms of the rows (last axis) of ``diff``, each summed in the same order
+    whatever the array's other dimensions."""
+    return np.einsum("...j,...j->...", diff, diff)
+
+
+def batch_assess(
+    clf: FastKNNClassifier, V: np.ndarray, qq: np.ndarray, y: Sequence[int]
+) -> list[tuple[float, float] | None]:
+    """``(mean k-NN distance, weighted positive fraction)`` (None: empty window) for each
+    operation of a sequence (``y[t] == -1``: a query; else a learn, whose row is added
+    after its own search), each against the window as it is at its turn.
+
+    The rows the operations add are known beforehand (the learnt vectors), so every
+    search is a row of one masked matrix ``-2 Vᵀ[X, L] + ‖·‖²`` (float32), whose ``m``
+    best candidates are re-ranked with exact float64 distances (ties by age, oldest
+    first) and certified by the float32 rounding bound, as :meth:`FastKNNClassifier._search`
+    does; a row that cannot be certified, or that sees too few rows, is searched exactly
+    over all the rows it sees. The neighbours are therefore the exact ones, and their
+    distances are computed row by row in the same way whatever the batch, so a sequence
+    gives the same results in one call or in several. The classifier is not changed.
+    """
+    T, d = V.shape
+    n, W, k = clf._n, clf.window_size, clf.n_neighbors
+    learn = np.fromiter((v >= 0 for v in y), dtype=bool, count=T)
+    L = V[learn]
+    J = L.shape[0]
+    # learns before each operation
+    before = np.cumsum(learn) - learn
+    # the columns: the window's rows from the oldest to the newest, then the rows the
+    # batch adds, in order: so ids increase along the columns, and each operation sees a
+    # range of them, [evicted, n + learns before it)
+    by_age = (clf._pos + np.arange(n)) % W if n == W else np.arange(n)
+    newy = np.array([v for v in y if v >= 0], dtype=np.float64)
+    X64 = np.concatenate([clf._X64[by_age], L.astype(np.float64)]) if n else L.astype(np.float64)
+    Xm2 = np.concatenate([clf._Xm2[by_age], L * np.float32(-2.0)]) if n else L * np.float32(-2.0)
+    sq_new = qq[learn]
+    sq = np.concatenate([clf._sq[by_age], sq_new]) if n else sq_new
+    new_ids = clf._n_seen + np.arange(J, dtype=np.int64)
+    ids = np.concatenate([clf._ids[by_age], new_ids]) if n else new_ids
+    ylab = np.concatenate([clf._y[by_age], newy]) if n else newy
+    evicted = np.maximum(0, n + before - W)  # the oldest rows each operation no longer sees
+    hi = n + before
+    visible = hi - evicted
+    sq_max = np.maximum.accumulate(np.concatenate([[clf._sq_max], sq_new]))[before]
+    out: list[tuple[float, float] | None] = [None] * T
+    m = k + _MARGIN
+    fast = visible > m
+    rows = np.flatnonzero(fast)
+    pending: list[int] = [int(t) for t in np.flatnonzero(~fast & (visible > 0))]
+    if rows.size:
+        R, C = rows.size, n + J
+        Vf = V[rows]
+        lo_r, hi_r = evicted[rows], hi[rows]
+        # scores ||x||² - 2 x·q of every column, padded with +inf to whole groups
+        ng = -(-C // _GROUP)
+        width_c = ng * _GROUP
+        if width_c > C:
+            Xm2 = np.concatenate([Xm2, np.zeros((width_c - C, d), dtype=np.float32)])
+            sq = np.concatenate([sq, np.full(width_c - C, np.inf, dtype=np.float32)])
+        scores = Vf @ Xm2.T
+        scores += sq
+        # hide what each operation does not see (the two ends of the columns)
+        e_max = int(lo_r.max())
+        if e_max:
+            np.copyto(scores[:, :e_max], np.inf, where=np.arange(e_max)[None, :] < lo_r[:, None])
+        if J:
+            right = scores[:, n:C]  # a view: written in place
+            np.copyto(right, np.inf, where=np.arange(J)[None, :] >= (hi_r - n)[:, None])
+        # an upper bound on each row's m-th smallest score: the m-th smallest of the
+        # minima of interleaved groups of _GROUP columns (m distinct columns are at most
+        # that); the candidates are the columns at most the bound, a superset of the m best
+        mins = scores[:, :ng].copy()  # group j: the columns j + i·ng
+        for g in range(1, _GROUP):
+            np.minimum(mins, scores[:, g * ng : (g + 1) * ng], out=mins)
+        if ng >= m:
+            bound = np.partition(mins, m - 1, axis=1)[:, m - 1]
+        else:  # too few groups for a bound: searched exactly below
+            bound = np.full(R, np.inf, dtype=np.float32)
+        finite = np.isfinite(bound)
+        flat = np.flatnonzero(scores <= np.where(finite, bound, -np.inf)[:, None])
+        r_idx, c_idx = np.divmod(flat, width_c)
+        diff = np.take(X64, c_idx, axis=0)
+        diff -= np.take(Vf, r_idx, axis=0)
+        d2 = _d2(diff)
+        # each row's candidates by exact distance, ties by age (the columns are in id
+        # order and the sort is stable), padded with +inf
+        counts = np.bincount(r_idx, minlength=R)
+        starts = np.cumsum(counts) - counts
+        width = max(int(counts.max()), k)
+        D = np.full((R, width), np.inf)
+        Ccol = np.zeros((R, width), dtype=np.intp)
+        pos = np.arange(r_idx.size) - starts[r_idx]
+        D[r_idx, pos] = d2
+        Ccol[r_idx, pos] = c_idx
+        pick = np.argsort(D, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(Ccol, pick, axis=1)
+        d2k = np.take_along_axis(D, pick, axis=1)
+        qqf = qq[rows].astype(np.float64)
+        smax = sq_max[rows]
+        err = (d + 2) * 2.0 * _F32_EPS * (smax + 2.0 * np.sqrt(smax * qqf) + qqf)
+        # every column outside the candidates has a score > bound: certified when its
+        # distance bound exceeds the k-th exact one
+        certified = finite & (counts >= k)
+        certified &= bound.astype(np.float64) + qqf - err > d2k[:, -1]
+        with np.errstate(invalid="ignore"):
+            means, fracs = _summaries(clf, np.sqrt(d2k), ylab[top])
+        for i in np.flatnonzero(certified):
+            out[int(rows[i])] = (float(means[i]), float(fracs[i]))
+        pending.extend(int(t) for t in rows[~certified])
+    for t in pending:
+        cols = np.arange(int(evicted[t]), int(hi[t]))
+        diff = X64[cols]
+        diff -= V[t]
+        d2 = _d2(diff)
+        kk = min(k, cols.shape[0])
+        if kk < cols.shape[0] and cols.shape[0] > 64:
+            kth = np.partition(d2, kk - 1)[kk - 1]
+            keep = np.flatnonzero(d2 <= kth)
+            cols, d2 = cols[keep], d2[keep]
+        order = np.lexsort((ids[cols], d2))[:kk]
+        out[t] = _summary(clf, np.sqrt(d2[order]), ylab[cols[order]])
+    return out
+
+
+def _summary(clf: FastKNNClassifier, dist: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """:func:`_summaries` of one row (1-d arrays), with the same arithmetic."""
+    k = dist.shape[0]
+    mean = float(dist.sum()) / k
+    if not clf.weighted:
+        return mean, float(labels.sum()) / k
+    w = (dist == 0.0).astype(np.float64) if dist[0] == 0.0 else 1.0 / dist
+    return mean, float((w * labels).sum()) / float(w.sum())
+
+
+def _summaries(
+    clf: FastKNNClassifier, dist: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``(rows, k)`` neighbour distances (ascending) and labels: the mean
+    distance and the weighted positive fraction (:meth:`FastKNNClassifier._positive_mass`
+    over ``k``), each row computed the same way whatever the number of rows."""
+    k = dist.shape[1]
+    means = dist.sum(axis=1) / k
+    if not clf.weighted:
+        return means, labels.sum(axis=1) / k
+    exact = dist[:, 0] == 0.0
+    with np.errstate(divide="ignore"):
+        w = 1.0 / dist
+    if exact.any():
+        w[exact] = (dist[exact] == 0.0).astype(np.float64)
+    fracs = (w * labels).sum(axis=1) / w.sum(axis=1)
+    return means, fracs

@@ -69,6 +69,7 @@ class _LazyGroup(click.Group):
         "speed": ("stream_app.bench.speed", "speed_cmd"),
         "memory": ("stream_app.bench.memory", "memory_cmd"),
         "quality": ("stream_app.bench.quality", "quality_cmd"),
+        "restart": ("stream_app.bench.restart", "restart_cmd"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -100,6 +100,18 @@ class PlainPipeline:
             self.snapshot(partition)
         return out.record
 
+    def process_batch(self, partition: int, events: list[Event]) -> list[dict[str, Any]]:
+        """:meth:`process` of each event of one partition in turn, computed together
+        (:meth:`models.pipeline.PartitionPipeline.process_batch`): the same records."""
+        pipeline = self.pipeline(partition)
+        outs = pipeline.process_batch(events, on_due=lambda: self.snapshot(partition))
+        dumps = orjson.dumps
+        training = self.training
+        for out in outs:
+            training.extend((user.encode(), dumps(sample)) for user, sample in out.training)
+        self.scored += len(outs)
+        return [out.record for out in outs]
+
     def snapshot(self, partition: int) -> None:
         parts = encode_parts(partition, self.pipeline(partition).snapshot_state())
         if self.keep_snapshots:
@@ -246,7 +258,8 @@ def run_ceiling(
     batch: int = 2000,
     commit_interval_s: float = 1.0,
 ) -> int:
-    """Batched consume → models/ → batched produce; offsets committed after a flush."""
+    """Batched consume → models/ (each partition's events of a batch scored together) →
+    batched produce; offsets committed after a flush."""
     from confluent_kafka import Producer
 
     stopper = _Stop()
@@ -279,6 +292,8 @@ def run_ceiling(
             # batches under load, no added wait when the input trickles in.
             first = consumer.poll(0.05)
             msgs = [] if first is None else [first, *consumer.consume(batch - 1, 0)]
+            # the batch's events per partition, in order, scored together
+            by_partition: dict[int, list[Event]] = {}
             for msg in msgs:
                 if msg.error():
                     continue
@@ -289,9 +304,13 @@ def run_ceiling(
                     value = {"error": exc.code, "detail": exc.detail, "offset": msg.offset()}
                     produce(dlq_topic, orjson.dumps(value), msg.key())
                     continue
-                record = pipeline.process(msg.partition(), ev)
-                produce(output, orjson.dumps(record), ev.user_id.encode())
-                n += 1
+                by_partition.setdefault(msg.partition(), []).append(ev)
+            for partition, events in by_partition.items():
+                for ev, record in zip(
+                    events, pipeline.process_batch(partition, events), strict=True
+                ):
+                    produce(output, orjson.dumps(record), ev.user_id.encode())
+                n += len(events)
             if pipeline.training:
                 for key, value in pipeline.training:
                     produce(training_topic, value, key)

@@ -68,7 +68,7 @@ def state_sizes(pipeline) -> dict[str, int]:
         "pending": labels.pending(),
         "pending_users": len(labels.store),
         "heap_entries": sum(len(h) for h in labels._heaps.values()),
-        "logistic_weights": sum(len(e.logistic.model._weights) for e in pipeline.engines.values()),
+        "logistic_weights": sum(e.logistic.model.n_weights for e in pipeline.engines.values()),
     }
 
 

@@ -14,12 +14,15 @@ Routes (described in ``stream_app/web/openapi.json``, served at ``/api/openapi.j
   log-loss, the importance histogram and (``?history=N``) the last N one-second samples;
 * ``GET /metrics`` — Prometheus text: Faust's sensor plus the service's own counters;
 * ``GET /healthz`` — liveness and broker connectivity (:mod:`agents.health`; never needs
-  the token). Registered here only, whatever the import order.
+  the token; 200 while the worker starts and recovers). Registered here only, whatever
+  the import order;
+* ``GET /readyz`` — readiness: 200 once the tables are recovered and the broker answers,
+  503 before (with the recovery progress of :mod:`stream_app.recovery`).
 
 Bad parameters get a 400 with ``{"error": ..., "detail": ...}``, unknown ids an empty
 result, unknown routes a JSON 404 (Faust's own ``/router`` and ``/table`` routes are not
-served). When ``IMPORTANCE_API_TOKEN`` is set every route but ``/healthz`` and
-``/static/`` needs ``Authorization: Bearer <token>`` (401 otherwise); the dashboard page
+served). When ``IMPORTANCE_API_TOKEN`` is set every route but ``/healthz``, ``/readyz``
+and ``/static/`` needs ``Authorization: Bearer <token>`` (401 otherwise); the dashboard page
 also takes it as ``?token=`` and sends it as that header from JavaScript. Other workers
 authenticate with signed requests instead (:mod:`stream_app.web.peers`); the client's
 token is never forwarded. Connection limits and malformed requests:
@@ -51,6 +54,7 @@ import agents.rolling as rolling
 from models.rolling import RANK_BY, merge_top, top_k, user_top_items
 from stream_app.app import app, settings
 from stream_app.metrics import counters, progressive
+from stream_app.recovery import recovery_status, table_stats
 from stream_app.web import OPENAPI_PATH, STATIC_DIR, server
 from stream_app.web.peers import (
     ANSWER_HEADER,
@@ -79,7 +83,7 @@ MAX_K = 100
 MAX_HISTORY = SAMPLES.maxlen or 900
 #: entity names in URLs → the rolling tables' entity names
 ENTITY_PATHS = {"items": "item", "categories": "category", "users": "user"}
-PUBLIC_PATHS = {"/healthz"}
+PUBLIC_PATHS = {"/healthz", "/readyz"}
 PUBLIC_PREFIXES = ("/static/",)
 PAGE_PATHS = {"/", "/dashboard"}
 MAX_ID_LENGTH = 256
@@ -633,6 +637,8 @@ def stats_document(history_n: int = 0) -> dict[str, Any]:
             "log_loss": _finite(progressive.log_loss()),
         },
         "importance_histogram": rolling.importance_histogram(),
+        "recovery": recovery_status(app),
+        "tables": table_stats(app),
         "rolling": {
             entity: {
                 "now": state.now or None,
@@ -663,7 +669,17 @@ class Healthz(web.View):
     the broker answers, 503 otherwise."""
 
     async def get(self, request: web.Request) -> web.Response:
-        body, status = health.healthz_body()
+        body, status = health.healthz_body(recovery_status(app))
+        return _json_response({**body, "uptime_s": time.time() - counters.started_at}, status)
+
+
+@app.page("/readyz")
+class Readyz(web.View):
+    """Readiness (``agents/health.py``): 200 once the tables are recovered and the broker
+    answers, 503 before (``"recovering"`` with the records left and estimated seconds)."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        body, status = health.readyz_body(recovery_status(app))
         return _json_response({**body, "uptime_s": time.time() - counters.started_at}, status)
 
 

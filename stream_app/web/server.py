@@ -19,9 +19,10 @@ changes that:
   least recently used connection that is not inside a handler (as nginx reuses its idle
   keep-alive connections when it runs out), so a flood of idle or slow connections
   cannot hold the server: the newest connection, e.g. a health check, always gets in.
-  Connections younger than :data:`GRACE_S` are not closed for a newer one (their request
-  may not have been read yet); if every connection is busy or that young, the new one
-  gets a ``503`` and is closed. ``IMPORTANCE_WEB_BACKLOG`` sizes the listen queue.
+  Connections younger than :data:`GRACE_S` (whose request may not have been read yet)
+  are closed for a newer one only when no older idle one is left; if every connection is
+  inside a handler, the new one gets a ``503`` and is closed. ``IMPORTANCE_WEB_BACKLOG``
+  sizes the listen queue.
 * **Malformed requests** get ``400 {"error": "bad_request", ...}`` naming only the kind
   of error, never the request's bytes, and one WARNING line, at most one per
   :data:`LOG_EVERY_S` with the number left out.
@@ -89,7 +90,7 @@ class WebCounters:
     connections_timed_out: int = 0
     #: idle or slow connections closed to admit a newer one
     connections_evicted: int = 0
-    #: connections refused with a 503 (every slot busy or just opened)
+    #: connections refused with a 503 (every connection inside a handler)
     connections_rejected: int = 0
     #: requests that could not be parsed (answered 400)
     bad_requests: int = 0
@@ -145,13 +146,13 @@ class ConnectionGuard:
         now = self.clock()
         web_counters.connections_total += 1
         while len(self._open) >= self.max_connections:
+            idle = [h for h in self._open if h not in self._busy]  # oldest first
             victim = next(
-                (
-                    h
-                    for h, since in self._open.items()
-                    if h not in self._busy and now - since >= GRACE_S
-                ),
-                None,
+                (h for h in idle if now - self._open[h] >= GRACE_S),
+                # every idle connection is young (a flood that reconnects at once, or a
+                # stalled loop): the oldest of them goes rather than the newcomer, so a
+                # health check that arrives then still gets in
+                idle[0] if idle else None,
             )
             if victim is None:
                 web_counters.connections_rejected += 1
@@ -294,7 +295,7 @@ class GuardedRunner(AppRunner):
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def _make_server(self) -> Server:
+    async def _make_server(self) -> Server:  # faust_internals.WEB_MAKE_SERVER (private)
         global guard
         server = await super()._make_server()
         # aiohttp builds the server in Application._make_handler; it only adds methods

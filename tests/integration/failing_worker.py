@@ -6,7 +6,12 @@
 * ``poison``: scoring an event whose ``item_id`` is ``"poison"`` raises;
 * ``systemic``: scoring any event raises (a broken dependency, say);
 * ``agent``: the decode agent fails outside the handling of one event (its offset
-  guard raises) once it has handled ``TEST_FAIL_AFTER`` messages.
+  guard raises) once it has handled ``TEST_FAIL_AFTER`` messages;
+* ``slow-seek``: nothing fails, but the end of Faust's recovery is slow the way a busy
+  machine makes it: its "Seek stream partitions to committed offsets" waits until the
+  decode agent has received a first input message (and a second more), and the decode
+  agent takes two seconds over that message, so the input messages fetched meanwhile
+  are in the agent's queue when Faust resumes its flow control.
 
 Nothing of this is in the product: the worker it runs is the real one.
 """
@@ -27,14 +32,15 @@ class InjectedFailure(RuntimeError):
 def _patch() -> None:
     from models.engine import ImportanceEngine
 
-    score = ImportanceEngine.score
+    # every scoring path (one event, or a batch) starts with ImportanceEngine.begin
+    begin = ImportanceEngine.begin
 
-    def failing_score(self, ev):
+    def failing_begin(self, ev):
         if MODE == "systemic" or (MODE == "poison" and ev.item_id == "poison"):
             raise InjectedFailure(f"injected failure scoring {ev.event_id}")
-        return score(self, ev)
+        return begin(self, ev)
 
-    ImportanceEngine.score = failing_score
+    ImportanceEngine.begin = failing_begin
     if MODE == "agent":
         from stream_app.offset_guard import OffsetGuard
 
@@ -48,6 +54,42 @@ def _patch() -> None:
             return await missed(self, partition, offset)
 
         OffsetGuard.missed = failing_missed
+    if MODE == "slow-seek":
+        _slow_seek()
+
+
+def _slow_seek() -> None:
+    import asyncio
+
+    from faust.transport.consumer import Consumer
+
+    from stream_app.offset_guard import OffsetGuard
+
+    received: dict[str, asyncio.Event] = {}
+    perform_seek = Consumer.perform_seek
+    missed = OffsetGuard.missed
+
+    def first_message() -> asyncio.Event:
+        return received.setdefault("event", asyncio.Event())
+
+    async def slow_perform_seek(self):
+        try:
+            await asyncio.wait_for(first_message().wait(), timeout=10)
+        except asyncio.TimeoutError:
+            pass
+        else:
+            await asyncio.sleep(1.0)  # Faust's fetcher queues the rest of its batch
+        return await perform_seek(self)
+
+    async def slow_missed(self, partition, offset):
+        event = first_message()
+        if self.topic == os.environ["IMPORTANCE_TOPIC_EVENTS"] and not event.is_set():
+            event.set()
+            await asyncio.sleep(2.0)
+        return await missed(self, partition, offset)
+
+    Consumer.perform_seek = slow_perform_seek
+    OffsetGuard.missed = slow_missed
 
 
 if __name__ == "__main__":

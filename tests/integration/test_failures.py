@@ -166,8 +166,15 @@ def test_one_poison_event_is_dead_lettered_and_the_worker_goes_on(
     missing = expected - {r["event_id"] for r in records}
     assert not missing, f"{len(missing)} events not scored\n{worker.log_tail()}"
     assert worker.proc.poll() is None, worker.log_tail()
-    status, body = healthz(int(worker.env["IMPORTANCE_WEB_PORT"]))
-    assert status == 200 and body["status"] == "ok"
+    # healthy: once its first broker check has run (every 2 s), and still after the poison
+    port = int(worker.env["IMPORTANCE_WEB_PORT"])
+    deadline = time.monotonic() + 15
+    status, body = healthz(port)
+    while body.get("status") == "starting" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status, body = healthz(port)
+    assert status == 200 and body["status"] == "ok", body
+    assert body["scored"] >= len(expected)
 
 
 def test_agent_failing_outside_one_event_stops_the_worker(bootstrap, worker_factory):
@@ -187,3 +194,35 @@ def test_agent_failing_outside_one_event_stops_the_worker(bootstrap, worker_fact
         timeout=180,
     )
     assert expected <= {r["event_id"] for r in records}, worker.log_tail()
+
+
+def test_input_fetched_while_recovery_ends_is_all_scored(bootstrap, worker_factory):
+    """Faust resumes the stream partitions, seeks them to their committed offsets, then
+    resumes its flow control, which empties every stream's queue. Messages fetched in
+    between (the seek takes long on a busy machine) were dropped there; a partition
+    without a committed offset is not even sought back, so they were never fetched
+    again, and with no later input the offset guard saw no gap. Seen in the test above:
+    the restarted worker reported ready, then scored nothing more, its committed offsets
+    stuck at 30/29/30/30 of 59/58/79/104. Here the same restart (after a worker that
+    committed nothing) is made slow at that point on purpose."""
+    worker = worker_factory(TEST_FAIL_MODE="agent", TEST_FAIL_AFTER="50")
+    worker.start(module=FAILING)
+    events = synthetic_events(300, prefix="slow-seek")
+    expected = {e["event_id"] for e in events}
+    produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["user_id"].encode())
+    code = wait_exit(worker.proc, 90)
+    assert code == 70, f"exit code {code}\n{worker.log_tail()}"
+    worker.env["TEST_FAIL_MODE"] = "slow-seek"
+    worker.start(module=FAILING)
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda recs: expected <= {r["event_id"] for r in recs},
+        timeout=60,
+    )
+    missing = expected - {r["event_id"] for r in records}
+    offsets = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
+    assert not missing, (
+        f"{len(missing)} of {len(expected)} events never scored; committed offsets of "
+        f"the events topic: {offsets}\n{worker.log_tail()}"
+    )

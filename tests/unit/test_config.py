@@ -38,7 +38,29 @@ NONSENSE = [
     ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "host:port"),
     ("KAFKA_BOOTSTRAP_SERVERS", "a:1,b:99999", "host:port"),
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
+    ("IMPORTANCE_TABLE_STORE", "disk", "rocksdb"),
+    ("IMPORTANCE_STANDBY_REPLICAS", "-1", "greater than or equal to 0"),
+    ("IMPORTANCE_STANDBY_REPLICAS", "11", "less than or equal to 10"),
+    ("IMPORTANCE_STANDBY_REPLICAS", "one", "valid integer"),
+    ("IMPORTANCE_GROUP_INSTANCE_ID", "my worker", "pattern"),
 ]
+
+
+def test_standby_replicas_need_the_local_store():
+    """The memory store would read a standby's whole changelog again at takeover."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IMPORTANCE_STANDBY_REPLICAS": "1", "IMPORTANCE_TABLE_STORE": "memory"})
+    text = str(info.value)
+    assert "IMPORTANCE_STANDBY_REPLICAS=1" in text and "IMPORTANCE_TABLE_STORE=rocksdb" in text
+
+
+def test_group_instance_id_auto_is_stable_per_worker():
+    settings = Settings.from_env(
+        {"IMPORTANCE_GROUP_INSTANCE_ID": "auto", "IMPORTANCE_WEB_PORT": "7001"}
+    )
+    assert settings.group_instance_id_or_none() == settings.group_instance_id_or_none()
+    assert settings.group_instance_id_or_none().endswith("-7001")
+    assert Settings.from_env({}).group_instance_id_or_none() is None
 
 
 @pytest.mark.parametrize(

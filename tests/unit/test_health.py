@@ -39,8 +39,30 @@ def test_outage_begins_and_ends(health_module, caplog):
 
 
 def test_status_before_the_first_check(health_module):
+    """Alive (200) but not ready (503) before the first broker check."""
     body, status = health_module.healthz_body()
+    assert status == 200 and body["status"] == "starting"
+    body, status = health_module.readyz_body({"state": "starting"})
     assert status == 503 and body["status"] == "starting"
+
+
+def test_recovering_worker_is_alive_but_not_ready(health_module):
+    """While the tables are restored /healthz says 200 "recovering" (a liveness probe must
+    not kill it) and /readyz 503 "recovering" with the progress; once live, 200 both."""
+    h = health_module
+    h.record_check(True, now=100.0)
+    recovering = {"state": "recovering", "records_left": 5000, "estimated_s": 2.5}
+    body, status = h.healthz_body(recovering)
+    assert status == 200 and body["status"] == "recovering"
+    body, status = h.readyz_body(recovering)
+    assert status == 503 and body["status"] == "recovering"
+    assert body["recovery"]["records_left"] == 5000 and body["recovery"]["estimated_s"] == 2.5
+    live = {"state": "live", "records_left": 0}
+    assert h.healthz_body(live)[1] == 200 and h.healthz_body(live)[0]["status"] == "ok"
+    assert h.readyz_body(live)[1] == 200 and h.readyz_body(live)[0]["status"] == "ready"
+    h.record_check(False, "KafkaError: unreachable", now=103.0)
+    assert h.readyz_body(live)[0]["status"] == "broker_unreachable"
+    assert h.readyz_body(live)[1] == 503 and h.healthz_body(live)[1] == 503
 
 
 def test_rate_limit_filter_drops_repeats_and_counts_them():
@@ -101,8 +123,8 @@ print(json.dumps({{"routes": routes, "status": status, "body": body}}))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert sorted(result["routes"]) == ["GET", "HEAD"]
-    # no broker check has run in this process: the broker-aware body says "starting"
-    assert result["status"] == 503 and result["body"]["status"] == "starting", result
+    # no broker check has run in this process: alive, "starting"
+    assert result["status"] == 200 and result["body"]["status"] == "starting", result
     assert {"broker_connected", "broker_outages", "checks", "uptime_s"} <= set(result["body"])
 
 

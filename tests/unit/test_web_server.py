@@ -65,16 +65,35 @@ def test_the_least_recently_used_idle_connection_makes_room(monkeypatch):
     assert server.web_counters.connections_evicted == 1
 
 
-def test_busy_and_brand_new_connections_are_kept_and_the_newcomer_refused(monkeypatch):
+def test_young_connections_go_only_when_no_older_idle_one_is_left(monkeypatch):
+    monkeypatch.setattr(server, "web_counters", type(web_counters)())
+    clock = Clock()
+    guard = ConnectionGuard(3, clock)
+    a, b, c, d, e = (Conn(n) for n in "abcde")
+    guard.admit(a, Transport())
+    clock.t += GRACE_S / 2
+    guard.admit(b, Transport())
+    guard.admit(c, Transport())
+    clock.t += GRACE_S / 2 + 0.001  # a is past the grace period, b and c are not
+    assert guard.admit(d, Transport())
+    assert a.closed and not b.closed and not c.closed
+    # every idle connection young: the oldest of them goes, the newcomer gets in
+    assert guard.admit(e, Transport())
+    assert b.closed and not c.closed and not d.closed and len(guard) == 3
+    assert server.web_counters.connections_evicted == 2
+    assert server.web_counters.connections_rejected == 0
+
+
+def test_busy_connections_are_kept_and_the_newcomer_refused(monkeypatch):
     monkeypatch.setattr(server, "web_counters", type(web_counters)())
     clock = Clock()
     guard = ConnectionGuard(2, clock)
     a, b, c = Conn("a"), Conn("b"), Conn("c")
     guard.admit(a, Transport())
-    clock.t += GRACE_S / 2
     guard.admit(b, Transport())
-    clock.t += GRACE_S / 2 + 0.001
-    guard.enter(a)  # a busy, b younger than the grace period
+    clock.t += GRACE_S + 0.001
+    guard.enter(a)  # both inside a handler
+    guard.enter(b)
 
     async def admit_c() -> Transport:
         transport = Transport()

@@ -204,10 +204,27 @@
     el.textContent = text;
   }
 
+  var recovery = null;
+
+  /* "live" only when the worker processes events; while it restores its tables:
+     "recovering" with the records left and Faust's estimate of the seconds left. */
+  function recoveryText(rec) {
+    if (!rec || rec.state === "live") return null;
+    if (rec.state === "recovering") {
+      var text = "recovering · " + fmt(rec.records_left) + " records left";
+      if (rec.estimated_s !== null && rec.estimated_s !== undefined) {
+        text += " · ~" + fmt(rec.estimated_s, 0) + " s";
+      }
+      return text;
+    }
+    return rec.state;
+  }
+
   function refresh() {
     getJSON("/api/stats?history=" + HISTORY)
       .then(function (stats) {
         renderStats(stats);
+        recovery = stats.recovery || null;
         var w = encodeURIComponent(windowName);
         return Promise.all([
           getJSON("/api/top/items?k=" + TOP_K + "&window=" + w),
@@ -222,7 +239,12 @@
         });
         refreshes += 1;
         document.body.dataset.refreshes = String(refreshes);
-        setStatus("ok", "live · " + new Date().toLocaleTimeString());
+        var waiting = recoveryText(recovery);
+        if (waiting) {
+          setStatus("wait", waiting + " · " + new Date().toLocaleTimeString());
+        } else {
+          setStatus("ok", "live · " + new Date().toLocaleTimeString());
+        }
       })
       .catch(function (err) {
         setStatus("err", String(err.message || err));
