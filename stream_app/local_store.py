@@ -172,8 +172,11 @@ class LocalStore(MemoryStore):
 
                     options = Options(raw_mode=True)
                     options.create_if_missing(True)
-                    # small memtables: many tables x partitions per worker
-                    options.set_write_buffer_size(8 * 1024 * 1024)
+                    # small memtables: a worker opens one copy per table and partition
+                    # (6 x 4 by default), so at most 2 x 1 MiB each keeps their memory
+                    # under 50 MiB (8 MiB each grew the burst test's RSS past 100 MiB)
+                    options.set_write_buffer_size(1024 * 1024)
+                    options.set_max_write_buffer_number(2)
                     self.directory.mkdir(parents=True, exist_ok=True)
                     db = Rdict(str(self.partition_path(partition)), options)
                     self._dbs[partition] = db
