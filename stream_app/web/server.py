@@ -19,10 +19,10 @@ changes that:
   least recently used connection that is not inside a handler (as nginx reuses its idle
   keep-alive connections when it runs out), so a flood of idle or slow connections
   cannot hold the server: the newest connection, e.g. a health check, always gets in.
-  Connections younger than :data:`GRACE_S` (whose request may not have been read yet)
-  are closed for a newer one only when no older idle one is left; if every connection is
-  inside a handler, the new one gets a ``503`` and is closed. ``IMPORTANCE_WEB_BACKLOG``
-  sizes the listen queue.
+  The least recently used idle connection goes even if it has just opened (its request
+  may not have been read yet: under a flood every idle connection is that young); if
+  every connection is inside a handler, the new one gets a ``503`` and is closed.
+  ``IMPORTANCE_WEB_BACKLOG`` sizes the listen queue.
 * **Malformed requests** get ``400 {"error": "bad_request", ...}`` naming only the kind
   of error, never the request's bytes, and one WARNING line, at most one per
   :data:`LOG_EVERY_S` with the number left out.
@@ -48,7 +48,6 @@ from faust.web.drivers.aiohttp import Web as FaustWeb
 
 __all__ = [
     "FD_RESERVE",
-    "GRACE_S",
     "ConnectionGuard",
     "RedactSecrets",
     "Web",
@@ -63,9 +62,6 @@ request_log = logging.getLogger("stream_app.web.requests")
 
 #: file descriptors left for Kafka connections, state files and logs
 FD_RESERVE = 256
-#: a connection this young is not closed to make room for a newer one (its request may
-#: not have been read yet)
-GRACE_S = 0.1
 LOG_EVERY_S = 10.0
 _REJECT_BODY = orjson.dumps(
     {"error": "overloaded", "detail": "too many open connections; retry shortly"}
@@ -146,14 +142,11 @@ class ConnectionGuard:
         now = self.clock()
         web_counters.connections_total += 1
         while len(self._open) >= self.max_connections:
-            idle = [h for h in self._open if h not in self._busy]  # oldest first
-            victim = next(
-                (h for h in idle if now - self._open[h] >= GRACE_S),
-                # every idle connection is young (a flood that reconnects at once, or a
-                # stalled loop): the oldest of them goes rather than the newcomer, so a
-                # health check that arrives then still gets in
-                idle[0] if idle else None,
-            )
+            # the least recently used connection not inside a handler (``_open`` is in
+            # that order), even one that has just opened: under a flood that reconnects
+            # at once every idle connection is that young, and closing the newcomer
+            # instead would refuse a health check that arrives then
+            victim = next((h for h in self._open if h not in self._busy), None)
             if victim is None:
                 web_counters.connections_rejected += 1
                 transport.write(REJECT_RESPONSE)

@@ -12,7 +12,6 @@ from aiohttp import web
 
 from stream_app.web import server
 from stream_app.web.server import (
-    GRACE_S,
     REJECT_RESPONSE,
     ConnectionGuard,
     GuardedRunner,
@@ -71,13 +70,13 @@ def test_young_connections_go_only_when_no_older_idle_one_is_left(monkeypatch):
     guard = ConnectionGuard(3, clock)
     a, b, c, d, e = (Conn(n) for n in "abcde")
     guard.admit(a, Transport())
-    clock.t += GRACE_S / 2
+    clock.t += 0.05
     guard.admit(b, Transport())
     guard.admit(c, Transport())
-    clock.t += GRACE_S / 2 + 0.001  # a is past the grace period, b and c are not
+    clock.t += 0.051  # a is the least recently used
     assert guard.admit(d, Transport())
     assert a.closed and not b.closed and not c.closed
-    # every idle connection young: the oldest of them goes, the newcomer gets in
+    # b and c opened 0.05 s ago: the older of them goes, the newcomer gets in
     assert guard.admit(e, Transport())
     assert b.closed and not c.closed and not d.closed and len(guard) == 3
     assert server.web_counters.connections_evicted == 2
@@ -91,7 +90,7 @@ def test_busy_connections_are_kept_and_the_newcomer_refused(monkeypatch):
     a, b, c = Conn("a"), Conn("b"), Conn("c")
     guard.admit(a, Transport())
     guard.admit(b, Transport())
-    clock.t += GRACE_S + 0.001
+    clock.t += 0.101
     guard.enter(a)  # both inside a handler
     guard.enter(b)
 
@@ -224,7 +223,7 @@ def test_a_real_server_closes_idle_connections_and_evicts_for_newcomers():
         runner, port = await _serve(4, 0.5)
         try:
             idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
-            await asyncio.sleep(GRACE_S + 0.05)
+            await asyncio.sleep(0.15)
             # the cap is reached: a newcomer still gets its answer, an idle one goes
             fresh = await _request(
                 port, b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
