@@ -175,6 +175,15 @@ class Settings(BaseSettings):
         "comma-separated groups of models.sampler_design.GROUPS, each optionally :N, "
         "e.g. item:15,category:60,hour",
     )
+    model_sync_every: int = _var(
+        "IMPORTANCE_MODEL_SYNC_EVERY",
+        10,
+        "labelled examples a partition learns between two exports of its learner's updates "
+        "to the other partitions, in this worker and (topic <app id>-model-sync) in others; "
+        "0: every partition learns alone (models/model_sync.py)",
+        "an integer >= 0",
+        ge=0,
+    )
     snapshot_every: int = _var(
         "IMPORTANCE_SNAPSHOT_EVERY",
         5000,

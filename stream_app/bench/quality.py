@@ -308,6 +308,7 @@ def online_pass(
     partitions: Sequence[int] | None = None,
     events: Sequence[Event] | None = None,
     features: str | None = None,
+    sync_every: int | None = None,
 ) -> OnlinePass:
     """Feed a stream of labelled examples through the worker's online learner and one
     product sampler per (name, budget), as the worker does: each example's ``p̂`` is the
@@ -319,12 +320,16 @@ def online_pass(
     probabilities do not depend on the coin (a sampler's state is updated with every
     labelled example, kept or not), so one pass serves every salt. With ``partitions``
     (the partition of each example), every partition has its own learner and samplers,
-    as the worker's partitions do.
+    as the worker's partitions do; with ``sync_every`` too, they share their learners'
+    updates every ``sync_every`` labelled examples of each partition
+    (:mod:`models.model_sync`, as the worker's ``IMPORTANCE_MODEL_SYNC_EVERY``): at its
+    export, a partition adds the deltas the others exported since its last one.
 
     The columns are computed once per example for all samplers of one design (the same
     as each sampler's own ``decide_event``: a design's counts depend only on the events).
     """
     from models.label_sampling import FisherSampler
+    from models.model_sync import WeightSharing
     from models.sampler_design import SamplerDesign, intercept_bucket
     from models.scorers.logistic import HashedLogistic
 
@@ -333,6 +338,9 @@ def online_pass(
     part = np.zeros(n, dtype=np.int64) if partitions is None else np.asarray(partitions)
     n_parts = int(part.max()) + 1 if n else 1
     learners = [HashedLogistic().model for _ in range(n_parts)]
+    sharing = [WeightSharing(m) for m in learners] if sync_every and n_parts > 1 else None
+    since, cursor = [0] * n_parts, [0] * n_parts
+    log: list[tuple[int, Any]] = []
     keys = [(m, b) for m in samplers for b in budgets]
     with_design = any(m.endswith(TRAINER_FEATURES) for m in samplers)
     if with_design and (features is None or events is None):
@@ -363,7 +371,18 @@ def online_pass(
             arr[0][i], arr[1][i], arr[2][i] = d.pi, d.pi_negative, d.pi_positive
         if design is not None:
             design.observe(events[i])
+        if sharing is not None:
+            sharing[j].touch(x)
         learner.learn_one(x, bool(label))
+        if sharing is not None and sync_every is not None:
+            since[j] += 1
+            if since[j] >= sync_every:
+                since[j] = 0
+                log.append((j, sharing[j].export()))
+                for origin, delta in log[cursor[j] :]:
+                    if origin != j:
+                        sharing[j].apply(delta)
+                cursor[j] = len(log)
     pi: dict[str, dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for (m, b), arrs in out.items():
         pi.setdefault(m, {})[b] = arrs
@@ -1090,19 +1109,26 @@ def user_partition(user_id: str, n_parts: int) -> int:
     return zlib.crc32(user_id.encode()) % n_parts
 
 
+#: labelled examples per partition between two exports of its learner's updates
+SYNC_EVERY = 500
+
+
 def run_partitions(
     pop: Population,
     parts: Sequence[int] = (1, 4, 8),
     budgets: Sequence[float] = (0.03, 0.05),
-    samplers: Sequence[str] = ("negative", "fisher", "fisher" + TRAINER_FEATURES),
+    samplers: Sequence[str] = ("negative", "fisher-mix", "fisher-mix" + TRAINER_FEATURES),
     l2: Sequence[float] = (1e-4, 0.01),
     streams: int = 5,
     n_events: int = STREAM_EVENTS,
+    sync_every: int = SYNC_EVERY,
     log: Callable[[str], None] = lambda _s: None,
 ) -> dict[str, Any]:
     """Issue item 6: with users hashed to ``P`` partitions and a learner and samplers per
     partition, the progressive AUC of ``p̂`` (each example scored before its label was
-    learned) and the samplers' excess log-loss (offset fit of the pooled sample)."""
+    learned) and the samplers' excess log-loss (offset fit of the pooled sample); for
+    ``P > 1`` twice: each partition learning alone, and the partitions sharing their
+    learners' updates every ``sync_every`` examples (:mod:`models.model_sync`)."""
     rows = np.random.default_rng(7).integers(0, pop.x.shape[0], n_events)
     p_true = pop.p
     x_stream = pop.x[rows]
@@ -1111,17 +1137,19 @@ def run_partitions(
     ids = [f"{pop.key}-{i}" for i in range(n_events)]
     stream_events = [pop.events[r] for r in rows]
     out: list[dict[str, Any]] = []
-    for n_parts in parts:
+    configs = [(n, False) for n in parts] + [(n, True) for n in parts if n > 1]
+    for n_parts, shared in configs:
         part = np.array([user_partition(pop.events[r].user_id, n_parts) for r in rows])
         for s in range(streams):
             y = (np.random.default_rng(1000 + s).random(n_events) < p_true[rows]).astype(int)
             op = online_pass(
                 xs, y, ids, budgets, samplers, partitions=part,
                 events=stream_events, features=pop.features,
+                sync_every=sync_every if shared else None,
             )  # fmt: skip
             half = n_events // 2
             base = {
-                "parts": n_parts, "stream": s, "salt": s,
+                "parts": n_parts, "shared": shared, "stream": s, "salt": s,
                 "auc": auc_score(y, op.p_hat), "auc_late": auc_score(y[half:], op.p_hat[half:]),
                 "auc_true": auc_score(y, p_true[rows]),
             }  # fmt: skip
@@ -1138,32 +1166,38 @@ def run_partitions(
                                     "kept": float(keep.mean()),
                                     **_semi_metrics(pop, p_true, beta, b0)}
                         )  # fmt: skip
-            log(f"  partitions {n_parts}: stream {s + 1}/{streams}")
-    return {"records": out, "title": pop.title}
+            how = "shared" if shared else "alone"
+            log(f"  partitions {n_parts} ({how}): stream {s + 1}/{streams}")
+    return {"records": out, "title": pop.title, "sync_every": sync_every}
 
 
 def partitions_md(res: dict[str, Any]) -> str:
     """A table of the partition measurement."""
     recs = res["records"]
+    methods = list(dict.fromkeys(r["method"] for r in recs))
     lines = [
         f"Population: {res['title']}; offset fits; excess log-loss ×10⁻⁴ (mean over "
         f"{len({r['stream'] for r in recs})} label draws) and the ratio to `negative` with the "
         "same partitions; AUC of p̂ progressive (scored before learning), whole stream / "
-        "second half.",
+        "second half. *shared*: the partitions' learners share their updates every "
+        f"{res.get('sync_every', SYNC_EVERY)} labelled examples of each partition "
+        "(`IMPORTANCE_MODEL_SYNC_EVERY`); *alone*: each partition learns from its users only.",
         "",
-        "| partitions | progressive AUC | L2 | budget | negative | fisher | fisher-mix |",
-        "|---|---|---|---|---|---|---|",
+        "| partitions | learners | progressive AUC | L2 | budget | " + " | ".join(methods) + " |",
+        "|---|---|---|---|---|" + "---|" * len(methods),
     ]
-    for n_parts in sorted({r["parts"] for r in recs}):
-        sel = [r for r in recs if r["parts"] == n_parts]
+    configs = sorted({(r["parts"], r.get("shared", False)) for r in recs})
+    for n_parts, shared in configs:
+        sel = [r for r in recs if r["parts"] == n_parts and r.get("shared", False) == shared]
         auc = float(np.mean([r["auc"] for r in sel]))
         late = float(np.mean([r["auc_late"] for r in sel]))
+        how = "one" if n_parts == 1 else ("shared" if shared else "alone")
         for lam in sorted({r["l2"] for r in sel}):
             for b in sorted({r["budget"] for r in sel}):
                 cells = []
                 base = _select(sel, l2=lam, budget=b, method="negative")
                 mb = float(np.mean([r["excess"] for r in base]))
-                for m in ("negative", "fisher", "fisher-mix"):
+                for m in methods:
                     rows = _select(sel, l2=lam, budget=b, method=m)
                     if not rows:
                         cells.append("")
@@ -1174,7 +1208,7 @@ def partitions_md(res: dict[str, Any]) -> str:
                     )
                     cells.append(f"{mm * 1e4:.1f} ({mm / mb:.2f}×, {_ci(d, 1e4, 1)})")
                 lines.append(
-                    f"| {n_parts} | {auc:.3f} / {late:.3f} | {lam:g} | {_pct(b)} | "
+                    f"| {n_parts} | {how} | {auc:.3f} / {late:.3f} | {lam:g} | {_pct(b)} | "
                     + " | ".join(cells)
                     + " |"
                 )
@@ -1615,12 +1649,14 @@ def quality_cmd(
         streams, coins, salts, events = 2, 1, 2, min(events, 20_000)
     if part == "partitions":
         from stream_app.bench import update_doc_section
-        from stream_app.datasets import open_bandit_path
+        from stream_app.datasets import open_bandit_path, taobao_path
 
         load = os.getloadavg()[0]
         started = time.perf_counter()
         pres = run_partitions(
-            open_bandit_population(open_bandit_path()),
+            taobao_population(taobao_path())
+            if dataset == "taobao"
+            else open_bandit_population(open_bandit_path()),
             streams=streams,
             n_events=events,
             log=click.echo,
