@@ -150,7 +150,7 @@ def test_every_field_names_its_variable_and_describes_itself():
     for name, field in Settings.model_fields.items():
         env = env_name(name)
         assert env.startswith(("IMPORTANCE_", "KAFKA_")), name
-        assert field.description, name  # the README's configuration table comes from these
+        assert field.description, name  # docs/configuration.md's table comes from these
     assert env_name("rolling_enabled") == "IMPORTANCE_ROLLING"
     assert env_name("max_consecutive_failures") == "IMPORTANCE_MAX_CONSECUTIVE_FAILURES"
 
