@@ -1,4 +1,4 @@
-"""The ``importance`` command line: broker, worker, replay, score, demo."""
+"""The ``importance`` command line: broker, worker, replay, score, demo, tail, bench."""
 
 from __future__ import annotations
 
