@@ -19,6 +19,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from stream_app.clients import SASL_MECHANISMS
+from stream_app.paths import repo_root
+
 __all__ = [
     "SASL_MECHANISMS",
     "SECURITY_PROTOCOLS",
@@ -31,7 +34,6 @@ __all__ = [
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: fields whose values never appear in an error, a log line or the repr
 SECRET_FIELDS = frozenset({"sasl_password", "api_token", "peer_secret"})
 #: a Kafka topic name (and the app id, which prefixes internal topics and is the group)
@@ -39,12 +41,6 @@ TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 #: timers (snapshots, rolling publication) fire at most this often: shorter intervals
 #: only make Faust warn that the timer overlaps itself, many times a second
 MIN_TIMER_INTERVAL_S = 0.1
-
-
-def repo_root() -> Path | None:
-    """The checkout this package runs from, or None when installed elsewhere."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").exists() else None
 
 
 def _default_data_dir() -> str:

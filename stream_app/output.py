@@ -51,6 +51,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from stream_app.clients import produce
 from stream_app.faust_internals import key_partitions
 
 __all__ = [
@@ -362,12 +363,7 @@ class Output:
     def _produce(
         self, producer: Producer, topic: str, value: bytes | None, key: bytes | None, partition: int
     ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key, partition)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, value, key, partition)
         self.sent += 1
         self.in_transaction += 1
         if not self.sent & 0x3FF:
