@@ -1,12 +1,13 @@
-"""Settings, read from environment variables (documented in docs/configuration.md) and validated.
+"""Settings, read from environment variables (documented in docs/configuration.md) and
+validated.
 
 :class:`Settings` is a pydantic-settings model: every field says which environment
-variable sets it, its type, its allowed range and what it means (``description``, from
-which the configuration table of docs/configuration.md can be generated). :meth:`Settings.from_env`
-reads and checks them all at once and raises :class:`SettingsError`, one line per
-wrong variable naming the variable, the value given (never a secret's) and what is
-allowed; ``importance worker`` shows it and exits before it creates a topic or joins the
-consumer group.
+variable sets it, its type, its allowed range and what it means (``description``;
+``tests/unit/test_config.py`` checks that docs/configuration.md lists every variable
+with its default). :meth:`Settings.from_env` reads and checks them all at once and
+raises :class:`SettingsError`, one line per wrong variable naming the variable, the
+value given (never a secret's) and what is allowed; ``importance worker`` shows it and
+exits before it creates a topic or joins the consumer group.
 """
 
 from __future__ import annotations
