@@ -18,7 +18,7 @@ changelog-backed: it survives restarts and moves with its partition). A hopping 
 when the API asks or when it is published. Why panes rather than one ``hopping(size,
 step)`` table per window size: every event would then write ``size/step`` entries per
 window size and entity (5 + 60 per entity with the defaults), each a changelog message,
-which slows a Faust agent down by orders of magnitude (docs/contracts.md, "Rolling
+which slows a Faust agent down by orders of magnitude (docs/architecture.md, "Rolling
 importance"). Panes cost one entry per entity and minute.
 
 A batch is folded in when it is full and before every offset commit (the worker's commit
