@@ -190,14 +190,14 @@ class ImportanceEngine:
         self._knn_ops.append((feats.dense, -1))
         self._pending.append(scored)
         if event.label is not None:
-            scored.decision = self.sampler.decide(event.event_id, event.label, p, feats.sparse)
+            scored.decision = self.sampler.decide_event(event, event.label, p, feats.sparse)
             self._learn(event, feats, event.label)
         return scored
 
     def begin_resolve(self, event: Event, label: int, p: float) -> LabelDecision:
         """:meth:`resolve` up to :meth:`flush` (the decision is final)."""
         feats = self.features(event)
-        decision = self.sampler.decide(event.event_id, label, p, feats.sparse)
+        decision = self.sampler.decide_event(event, label, p, feats.sparse)
         self._learn(event, feats, label)
         return decision
 

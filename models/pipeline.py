@@ -59,6 +59,7 @@ class PipelineConfig:
     target_keep_rate: float = 0.2
     importance_sampler: str = "negative"
     importance_sampler_salt: int = 0
+    importance_sampler_features: str | None = None
     attribution_window_s: float = 1800.0
     max_pending_per_user: int = 64
     max_pending_per_partition: int = 200_000
@@ -93,7 +94,10 @@ class PipelineConfig:
     def new_sampler(self) -> LabelSampler:
         """A fresh label-time sampler (``importance_sampler`` tuned to the target rate)."""
         return make_sampler(
-            self.importance_sampler, self.target_keep_rate, self.importance_sampler_salt
+            self.importance_sampler,
+            self.target_keep_rate,
+            self.importance_sampler_salt,
+            features=self.importance_sampler_features,
         )
 
     def new_engine(self, now: Callable[[], float] = time.time) -> ImportanceEngine:

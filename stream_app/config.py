@@ -164,6 +164,14 @@ class Settings(BaseSettings):
         ge=0,
         lt=2**63,
     )
+    importance_sampler_features: str | None = _var(
+        "IMPORTANCE_SAMPLER_FEATURES",
+        None,
+        "the trainer's feature groups, each with its vocabulary's minimum count, for the "
+        "fisher and leverage samplers (unset: the engine's hashed features)",
+        "comma-separated groups of models.sampler_design.GROUPS, each optionally :N, "
+        "e.g. item:15,category:60,hour",
+    )
     snapshot_every: int = _var(
         "IMPORTANCE_SNAPSHOT_EVERY",
         5000,
@@ -430,6 +438,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("importance_sampler_features")
+    @classmethod
+    def _sampler_features(cls, value: str | None) -> str | None:
+        from models.sampler_design import parse_design
+
+        if value is None or not value.strip():
+            return None
+        parse_design(value)
+        return value.strip()
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers(cls, value: str | None) -> str | None:
@@ -459,6 +477,15 @@ class Settings(BaseSettings):
                 f"IMPORTANCE_CLOCK_RECENT_USERS={self.clock_recent_users}; allowed: "
                 "IMPORTANCE_CLOCK_USERS <= IMPORTANCE_CLOCK_RECENT_USERS"
             )
+        if self.importance_sampler_features is not None:
+            from models.label_sampling import SAMPLERS, FisherSampler
+
+            if not issubclass(SAMPLERS[self.importance_sampler], FisherSampler):
+                raise ValueError(
+                    f"IMPORTANCE_SAMPLER_FEATURES={self.importance_sampler_features!r} is set "
+                    f"but IMPORTANCE_SAMPLER={self.importance_sampler!r} has no design; "
+                    "allowed: unset, or a fisher or leverage sampler"
+                )
         self._check_security()
         self._check_web()
         self._check_store()

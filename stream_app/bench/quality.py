@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 BUDGETS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.10, 0.25)
+#: suffix of a sampler run with ``IMPORTANCE_SAMPLER_FEATURES`` = the trainer's design
+TRAINER_FEATURES = " (trainer's features)"
 ONLINE_SAMPLERS: tuple[str, ...] = (
     "negative",
     "uniform",
@@ -74,6 +76,10 @@ ONLINE_SAMPLERS: tuple[str, ...] = (
     "fisher-mix",
     "leverage",
     "leverage-mix",
+    "fisher" + TRAINER_FEATURES,
+    "fisher-mix" + TRAINER_FEATURES,
+    "leverage" + TRAINER_FEATURES,
+    "leverage-mix" + TRAINER_FEATURES,
 )
 #: rules applied with a pilot fitted offline on the known model's one-hot features
 OFFLINE_RULES: tuple[str, ...] = ("pos", "fisher", "fisher-mix")
@@ -300,16 +306,26 @@ def online_pass(
     budgets: Sequence[float],
     samplers: Sequence[str] = ONLINE_SAMPLERS,
     partitions: Sequence[int] | None = None,
+    events: Sequence[Event] | None = None,
+    features: str | None = None,
 ) -> OnlinePass:
     """Feed a stream of labelled examples through the worker's online learner and one
     product sampler per (name, budget), as the worker does: each example's ``p̂`` is the
     learner's before it learned the label; the sampler decides, then the learner learns.
 
-    The keep probabilities do not depend on the coin (a sampler's state is updated with
-    every labelled example, kept or not), so one pass serves every salt. With
-    ``partitions`` (the partition of each example), every partition has its own learner
-    and samplers, as the worker's partitions do.
+    A name ending in :data:`TRAINER_FEATURES` is that sampler with
+    ``IMPORTANCE_SAMPLER_FEATURES=features`` (the trainer's design; ``events`` are the
+    examples' events), the others measure the engine's hashed features. The keep
+    probabilities do not depend on the coin (a sampler's state is updated with every
+    labelled example, kept or not), so one pass serves every salt. With ``partitions``
+    (the partition of each example), every partition has its own learner and samplers,
+    as the worker's partitions do.
+
+    The columns are computed once per example for all samplers of one design (the same
+    as each sampler's own ``decide_event``: a design's counts depend only on the events).
     """
+    from models.label_sampling import FisherSampler
+    from models.sampler_design import SamplerDesign, intercept_bucket
     from models.scorers.logistic import HashedLogistic
 
     started = time.perf_counter()
@@ -318,20 +334,35 @@ def online_pass(
     n_parts = int(part.max()) + 1 if n else 1
     learners = [HashedLogistic().model for _ in range(n_parts)]
     keys = [(m, b) for m in samplers for b in budgets]
-    inst = [
-        [(key, make_sampler(key[0], target_rate=key[1])) for key in keys] for _ in range(n_parts)
-    ]
+    with_design = any(m.endswith(TRAINER_FEATURES) for m in samplers)
+    if with_design and (features is None or events is None):
+        raise ValueError("samplers with the trainer's features need `features` and `events`")
+
+    def build(key: tuple[str, float]) -> tuple[tuple[str, float], Any, int]:
+        m, b = key
+        if m.endswith(TRAINER_FEATURES):
+            sampler = make_sampler(m.removesuffix(TRAINER_FEATURES), b, features=features)
+            return key, sampler, 2
+        sampler = make_sampler(m, target_rate=b)
+        return key, sampler, int(isinstance(sampler, FisherSampler))
+
+    inst = [[build(key) for key in keys] for _ in range(n_parts)]
+    designs = [SamplerDesign(features, HASH_BITS) if with_design else None for _ in range(n_parts)]
+    intercept = intercept_bucket(HASH_BITS)
     out = {k: (np.empty(n), np.empty(n), np.empty(n)) for k in keys}
     p_hat = np.empty(n)
     for i in range(n):
         x, label, eid, j = xs[i], int(y[i]), ids[i], int(part[i])
-        learner = learners[j]
+        learner, design = learners[j], designs[j]
         p = learner.predict_proba_one(x)[True]
         p_hat[i] = p
-        for key, sampler in inst[j]:
-            d = sampler.decide(eid, label, p, x)
+        cols = (x, {**x, intercept: 1.0}, design.encode(events[i]) if design else None)
+        for key, sampler, kind in inst[j]:
+            d = sampler.decide(eid, label, p, cols[kind])
             arr = out[key]
             arr[0][i], arr[1][i], arr[2][i] = d.pi, d.pi_negative, d.pi_positive
+        if design is not None:
+            design.observe(events[i])
         learner.learn_one(x, bool(label))
     pi: dict[str, dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for (m, b), arrs in out.items():
@@ -433,6 +464,9 @@ class Population:
     beta: np.ndarray
     b: float
     groups: dict[str, int] = field(default_factory=dict)  # group → number of columns
+    #: the trainer's design as ``IMPORTANCE_SAMPLER_FEATURES`` says it (what of it the
+    #: events carry: groups, and the minimum counts of the pooling)
+    features: str | None = None
 
     @property
     def p(self) -> np.ndarray:
@@ -502,10 +536,14 @@ def _population(
     sigma: dict[str, float],
     min_count: int,
     seed: int = 20240610,
+    features: str | None = None,
 ) -> Population:
     x, sizes, _names = _one_hot(rows, min_count)
     beta, b = _true_model(x, sizes, sigma, seed, POSITIVE_RATE)
-    return Population(key=key, title=title, x=x, events=events, beta=beta, b=b, groups=sizes)
+    return Population(
+        key=key, title=title, x=x, events=events, beta=beta, b=b, groups=sizes,
+        features=features,
+    )  # fmt: skip
 
 
 def open_bandit_population(path: Path) -> Population:
@@ -518,7 +556,7 @@ def open_bandit_population(path: Path) -> Population:
     sigma = {"item": 1.0, "pos": 0.5, "user": 1.0}
     return _population(
         "openbandit", "Open Bandit sample rows (item, position, user)", events, rows,
-        sigma, min_count=1,
+        sigma, min_count=1, features="item,position,user",
     )  # fmt: skip
 
 
@@ -550,7 +588,7 @@ def taobao_population(path: Path) -> Population:
     sigma = {"cat": 1.0, "item": 1.0, "hour": 0.3, "act": 0.5}
     return _population(
         "taobao", "Taobao slice view rows (category, item, hour, user activity)", events, rows,
-        sigma, min_count=1,
+        sigma, min_count=1, features="category:60,item:15,hour",
     )  # fmt: skip
 
 
@@ -576,7 +614,10 @@ def synthetic_population(n_rows: int = 2000, n_items: int = 40, seed: int = 3) -
         rows.append({"item": str(item), "pos": str(pos), "user": str(user % 10)})
     events = [validate_event(r, now=math.inf) for r in raw]
     sigma = {"item": 1.0, "pos": 0.5, "user": 0.5}
-    return _population("synthetic", "synthetic rows", events, rows, sigma, min_count=1, seed=seed)
+    return _population(
+        "synthetic", "synthetic rows", events, rows, sigma, min_count=1, seed=seed,
+        features="item,position",
+    )  # fmt: skip
 
 
 @dataclass
@@ -622,17 +663,19 @@ def run_semi_synthetic(
     xs = [pool_x[r] for r in rows]
     ids = [f"{pop.key}-{i}" for i in range(cfg.n_events)]
     imp = None
+    stream_events = [pop.events[r] for r in rows]
     if cfg.prelabel:
         t0 = time.perf_counter()
         y0 = (np.random.default_rng(1000).random(cfg.n_events) < p_true[rows]).astype(int)
-        stream_events = [pop.events[r] for r in rows]
         imp = prelabel_importance(stream_events, list(y0))
         log(f"  {pop.key}: pre-label engine pass {time.perf_counter() - t0:.0f} s")
     records: list[dict[str, Any]] = []
     online_seconds = 0.0
     for s in range(cfg.streams):
         y = (np.random.default_rng(1000 + s).random(cfg.n_events) < p_true[rows]).astype(int)
-        op = online_pass(xs, y, ids, cfg.budgets, cfg.samplers)
+        op = online_pass(
+            xs, y, ids, cfg.budgets, cfg.samplers, events=stream_events, features=pop.features
+        )
         online_seconds += op.seconds
         pis = dict(op.pi)
         if cfg.offline:
@@ -796,7 +839,9 @@ class RealConfig:
     budgets: Sequence[float] = BUDGETS
     salts: int = 10
     l2: float = L2_REAL
-    samplers: Sequence[str] = ONLINE_SAMPLERS
+    #: the downstream model is fitted on the engine's hashed features, so the samplers'
+    #: default design is the trainer's: no ``(trainer's features)`` rows here
+    samplers: Sequence[str] = tuple(m for m in ONLINE_SAMPLERS if not m.endswith(TRAINER_FEATURES))
     prelabel: bool = True
     limit: int | None = None
 
@@ -1049,7 +1094,7 @@ def run_partitions(
     pop: Population,
     parts: Sequence[int] = (1, 4, 8),
     budgets: Sequence[float] = (0.03, 0.05),
-    samplers: Sequence[str] = ("negative", "fisher", "fisher-mix"),
+    samplers: Sequence[str] = ("negative", "fisher", "fisher" + TRAINER_FEATURES),
     l2: Sequence[float] = (1e-4, 0.01),
     streams: int = 5,
     n_events: int = STREAM_EVENTS,
@@ -1064,12 +1109,16 @@ def run_partitions(
     pool_x = [hashed_features(ev, HASH_BITS) for ev in pop.events]
     xs = [pool_x[r] for r in rows]
     ids = [f"{pop.key}-{i}" for i in range(n_events)]
+    stream_events = [pop.events[r] for r in rows]
     out: list[dict[str, Any]] = []
     for n_parts in parts:
         part = np.array([user_partition(pop.events[r].user_id, n_parts) for r in rows])
         for s in range(streams):
             y = (np.random.default_rng(1000 + s).random(n_events) < p_true[rows]).astype(int)
-            op = online_pass(xs, y, ids, budgets, samplers, partitions=part)
+            op = online_pass(
+                xs, y, ids, budgets, samplers, partitions=part,
+                events=stream_events, features=pop.features,
+            )  # fmt: skip
             half = n_events // 2
             base = {
                 "parts": n_parts, "stream": s, "salt": s,

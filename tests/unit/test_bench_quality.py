@@ -14,6 +14,7 @@ pytest.importorskip("scipy")
 
 from stream_app.bench.quality import (
     PRELABEL,
+    TRAINER_FEATURES,
     RealConfig,
     SemiConfig,
     auc_score,
@@ -161,7 +162,7 @@ def test_partitions_part_structure() -> None:
     )
     recs = res["records"]
     assert {r["parts"] for r in recs} == {1, 2}
-    assert {r["method"] for r in recs} == {"negative", "fisher", "fisher-mix"}
+    assert {r["method"] for r in recs} == {"negative", "fisher", "fisher" + TRAINER_FEATURES}
     for r in recs:
         assert 0.0 <= r["auc"] <= 1.0 and r["excess"] >= 0.0
         assert abs(r["kept"] - r["budget"]) < 0.5 * r["budget"]

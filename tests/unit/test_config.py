@@ -202,3 +202,20 @@ def test_unknown_importance_variables_are_reported():
         "PATH": "/bin",
     }
     assert unknown_variables(env) == ["IMPORTANCE_TARGET_KEEPRATE"]
+
+
+def test_sampler_features_are_checked_against_the_sampler():
+    ok = Settings.from_env(
+        {"IMPORTANCE_SAMPLER": "fisher", "IMPORTANCE_SAMPLER_FEATURES": "item:15, hour"}
+    )
+    assert ok.importance_sampler_features == "item:15, hour"
+    assert (
+        Settings.from_env({"IMPORTANCE_SAMPLER_FEATURES": ""}).importance_sampler_features is None
+    )
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IMPORTANCE_SAMPLER": "fisher", "IMPORTANCE_SAMPLER_FEATURES": "colour"})
+    assert "IMPORTANCE_SAMPLER_FEATURES='colour'" in str(info.value)
+    assert "unknown feature group 'colour'" in str(info.value)
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IMPORTANCE_SAMPLER": "negative", "IMPORTANCE_SAMPLER_FEATURES": "item"})
+    assert "IMPORTANCE_SAMPLER='negative' has no design" in str(info.value)
