@@ -85,7 +85,8 @@ class PartitionModel:
         counters.snapshots += 1
 
 
-models: dict[int, PartitionModel] = {}
+#: the models of this worker's partitions, by partition
+partition_models: dict[int, PartitionModel] = {}
 
 #: the partitions' learners made one (IMPORTANCE_MODEL_SYNC_EVERY; models/model_sync.py)
 learners = SharedLearners(settings.model_sync_every)
@@ -118,13 +119,13 @@ def new_engine() -> ImportanceEngine:
 
 async def model_for(partition: int) -> PartitionModel:
     """The partition's model: in memory, else restored from its latest snapshot."""
-    model = models.get(partition)
+    model = partition_models.get(partition)
     if model is not None:
         return model
     engine = new_engine()
     try:
         parts = await read_snapshot_retrying(partition)
-        model = models.get(partition)
+        model = partition_models.get(partition)
         if model is not None:  # restored meanwhile by another agent (in place / by-user)
             return model
         if parts is not None:
@@ -139,7 +140,7 @@ async def model_for(partition: int) -> PartitionModel:
     except StateError as exc:
         log.error("partition %d: saved model state unusable, starting fresh: %s", partition, exc)
         engine = new_engine()
-    model = models[partition] = PartitionModel(partition, engine)
+    model = partition_models[partition] = PartitionModel(partition, engine)
     learners.join(partition, engine)
     return model
 
@@ -280,7 +281,7 @@ async def snapshot_timer() -> None:
 
 async def snapshot_all() -> None:
     """Save every partition's model (on shutdown and rebalance)."""
-    for model in list(models.values()):
+    for model in list(partition_models.values()):
         if model.since_snapshot:
             try:
                 model.snapshot()
@@ -304,7 +305,7 @@ async def on_revoked(app, revoked: set[TP], **kwargs) -> None:
     for tp in revoked:
         if tp.topic != topic:
             continue
-        model = models.pop(tp.partition, None)
+        model = partition_models.pop(tp.partition, None)
         learners.leave(tp.partition)
         if model is not None and model.since_snapshot:
             try:

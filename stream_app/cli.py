@@ -1,4 +1,4 @@
-"""The ``importance`` command line: broker, worker, replay, score, demo."""
+"""The ``importance`` command line: broker, worker, replay, score, demo, tail, bench."""
 
 from __future__ import annotations
 
@@ -352,7 +352,7 @@ def tail(topic: str, count: int, bootstrap: str | None) -> None:
     from stream_app.broker import bootstrap_servers
 
     settings = env_settings()
-    bootstrap = bootstrap or bootstrap_servers(start_if_needed=False)
+    bootstrap = bootstrap_servers(bootstrap)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

@@ -1,12 +1,13 @@
-"""Settings, read from environment variables (documented in the README) and validated.
+"""Settings, read from environment variables (documented in docs/configuration.md) and
+validated.
 
 :class:`Settings` is a pydantic-settings model: every field says which environment
-variable sets it, its type, its allowed range and what it means (``description``, from
-which the README's configuration table can be generated). :meth:`Settings.from_env`
-reads and checks them all at once and raises :class:`SettingsError`, one line per
-wrong variable naming the variable, the value given (never a secret's) and what is
-allowed; ``importance worker`` shows it and exits before it creates a topic or joins the
-consumer group.
+variable sets it, its type, its allowed range and what it means (``description``;
+``tests/unit/test_config.py`` checks that docs/configuration.md lists every variable
+with its default). :meth:`Settings.from_env` reads and checks them all at once and
+raises :class:`SettingsError`, one line per wrong variable naming the variable, the
+value given (never a secret's) and what is allowed; ``importance worker`` shows it and
+exits before it creates a topic or joins the consumer group.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from stream_app.clients import SASL_MECHANISMS
+from stream_app.paths import repo_root
 
 __all__ = [
     "SASL_MECHANISMS",
@@ -31,7 +35,6 @@ __all__ = [
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: fields whose values never appear in an error, a log line or the repr
 SECRET_FIELDS = frozenset({"sasl_password", "api_token", "peer_secret"})
 #: a Kafka topic name (and the app id, which prefixes internal topics and is the group)
@@ -39,12 +42,6 @@ TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 #: timers (snapshots, rolling publication) fire at most this often: shorter intervals
 #: only make Faust warn that the timer overlaps itself, many times a second
 MIN_TIMER_INTERVAL_S = 0.1
-
-
-def repo_root() -> Path | None:
-    """The checkout this package runs from, or None when installed elsewhere."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").exists() else None
 
 
 def _default_data_dir() -> str:

@@ -1,12 +1,12 @@
 """The hot path's producer: confluent-kafka (librdkafka) behind Faust's commit barrier.
 
-Measured on this machine (a bare Faust agent, 100,000 messages): consuming costs about
-50 µs of CPU per message, and each ``await topic.send(...)`` or table assignment another
-85–100 µs (Faust builds a future and a pending message per send and aiokafka partitions
-and batches in Python). ``confluent_kafka.Producer.produce`` costs about 1 µs. The worker
-therefore publishes scores, training samples, dead letters, re-keyed events and the
-changelogs of its tables through one :class:`Output`, and Faust stays in charge of
-consuming, of partition assignment, of table recovery and of committing offsets.
+Each ``await topic.send(...)`` or table assignment costs far more CPU than the message's
+consumption (Faust builds a future and a pending message per send and aiokafka partitions
+and batches in Python), ``confluent_kafka.Producer.produce`` a small fraction of it (the
+figures: docs/benchmarks.md, "What limits throughput"). The worker therefore publishes
+scores, training samples, dead letters, re-keyed events and the changelogs of its tables
+through one :class:`Output`, and Faust stays in charge of consuming, of partition
+assignment, of table recovery and of committing offsets.
 
 At-least-once is kept by a barrier: Faust commits an offset only after
 ``await app.producer.flush()``; :meth:`Output.install_barrier` makes that flush first wait
@@ -51,6 +51,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from stream_app.clients import produce
 from stream_app.faust_internals import key_partitions
 
 __all__ = [
@@ -362,12 +363,7 @@ class Output:
     def _produce(
         self, producer: Producer, topic: str, value: bytes | None, key: bytes | None, partition: int
     ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key, partition)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, value, key, partition)
         self.sent += 1
         self.in_transaction += 1
         if not self.sent & 0x3FF:

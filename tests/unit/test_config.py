@@ -3,6 +3,9 @@ variable naming it, the value given (never a secret's) and what is allowed."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from stream_app.config import Settings, SettingsError, env_name
@@ -150,9 +153,43 @@ def test_every_field_names_its_variable_and_describes_itself():
     for name, field in Settings.model_fields.items():
         env = env_name(name)
         assert env.startswith(("IMPORTANCE_", "KAFKA_")), name
-        assert field.description, name  # the README's configuration table comes from these
+        assert field.description, name
     assert env_name("rolling_enabled") == "IMPORTANCE_ROLLING"
     assert env_name("max_consecutive_failures") == "IMPORTANCE_MAX_CONSECUTIVE_FAILURES"
+
+
+def _documented_variables() -> dict[str, str]:
+    """The variables of docs/configuration.md's table, each with its default's cell."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (.*?) \| ", line)
+        if match:
+            names = re.findall(r"`([A-Z_]+)`", match.group(1))
+            cells = match.group(2).split(" / ")
+            for i, name in enumerate(names):
+                rows[name] = cells[i] if len(cells) == len(names) else match.group(2)
+    return rows
+
+
+def test_the_configuration_doc_lists_every_variable_with_its_default():
+    from stream_app.config import OTHER_VARIABLES
+
+    rows = _documented_variables()
+    envs = {env_name(name) for name in Settings.model_fields}
+    assert sorted((envs | OTHER_VARIABLES) - rows.keys()) == []  # documented
+    assert sorted(rows.keys() - envs - OTHER_VARIABLES) == []  # and read by something
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if field.default_factory is not None or default is None:
+            continue  # computed or unset: the doc says what it means in words
+        if isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif isinstance(default, float) and default.is_integer():
+            shown = str(int(default))
+        else:
+            shown = str(default)
+        assert f"`{shown}`" in rows[env_name(name)], (env_name(name), shown)
 
 
 def test_unknown_importance_variables_are_reported():

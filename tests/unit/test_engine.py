@@ -21,7 +21,7 @@ from stream_app.offline import process_events, score_events
 
 TS = 1_511_658_000
 
-#: The output contract (README, "Output contract"); the worker adds ``partition``.
+#: The output contract (docs/contracts.md, "Output contract"); the worker adds ``partition``.
 RECORD_FIELDS = {
     "event_id",
     "user_id",
