@@ -90,7 +90,7 @@ class ImportanceEngine:
         self,
         *,
         target_rate: float = 0.2,
-        sampler: str | LabelSampler = "negative",
+        sampler: str | LabelSampler = "fisher-mix",
         salt: int = 0,
         hash_bits: int = HASH_BITS,
         knn_window: int = 1000,

@@ -422,12 +422,15 @@ class FisherSampler(ScoredSampler):
 
     def to_state(self) -> dict[str, Any]:
         state = super().to_state()
-        d = np.frombuffer(self.info, dtype=np.float64) * self.scale
+        # the raw sums and their common scale, not their product: a restored sampler
+        # then makes bit-for-bit the decisions the saved one would have made
+        d = np.frombuffer(self.info, dtype=np.float64)
         nz = np.flatnonzero(d)
         state.update(
             hash_bits=self.hash_bits,
             fisher_idx=encode_array(nz.astype(np.int32)),
-            fisher_val=encode_array(d[nz].astype(np.float32)),
+            fisher_val=encode_array(d[nz]),
+            fisher_scale=self.scale,
         )
         if self.design is not None:
             state["design"] = self.design.to_state()
@@ -453,13 +456,16 @@ class FisherSampler(ScoredSampler):
             raise StateError("sampler state: Fisher bucket out of range")
         if not (np.all(np.isfinite(val)) and np.all(val >= 0.0)):
             raise StateError("sampler state: Fisher values must be finite and >= 0")
+        scale = float(state.get("fisher_scale", 1.0))  # saved as products before
+        if not (math.isfinite(scale) and 0.0 < scale <= 1.0):
+            raise StateError(f"sampler state: Fisher scale {scale!r} must be in (0, 1]")
         if self.design is not None:
             self.design.load_state(state["design"])
         super().load_state(state)
         info = np.zeros(1 << self.hash_bits, dtype=np.float64)
         info[idx.astype(np.int64)] = val
         self.info = array("d", info.tobytes())
-        self.scale = 1.0
+        self.scale = scale
 
 
 class FisherMixSampler(FisherSampler):

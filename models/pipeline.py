@@ -32,7 +32,7 @@ Publishing, counting and snapshotting through Kafka are the caller's.
 >>> [(r.reason, r.label) for r in out.resolved], pipe.engine.updates
 ([('converted', 1)], 1)
 >>> [(t["label"], t["label_source"], t["pi"], t["sampler"]) for _, t in out.training]
-[(1, 'converted', 1.0, 'negative')]
+[(1, 'converted', 1.0, 'fisher-mix')]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class PipelineConfig:
     """The settings the per-event path depends on (names as in ``stream_app.config``)."""
 
     target_keep_rate: float = 0.2
-    importance_sampler: str = "negative"
+    importance_sampler: str = "fisher-mix"
     importance_sampler_salt: int = 0
     importance_sampler_features: str | None = None
     attribution_window_s: float = 1800.0

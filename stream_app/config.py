@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     )
     importance_sampler: str = _var(
         "IMPORTANCE_SAMPLER",
-        "negative",
+        "fisher-mix",
         "label-time sampler of training examples (models/label_sampling.py)",
         "one of the samplers of models.label_sampling.SAMPLERS",
     )

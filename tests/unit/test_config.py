@@ -97,7 +97,7 @@ def test_the_sampler_and_its_salt_are_checked():
 
     settings = Settings.from_env({"IMPORTANCE_SAMPLER": "uniform", "IMPORTANCE_SAMPLER_SALT": "9"})
     assert (settings.importance_sampler, settings.importance_sampler_salt) == ("uniform", 9)
-    assert Settings.from_env({}).importance_sampler == "negative"
+    assert Settings.from_env({}).importance_sampler == "fisher-mix"
     with pytest.raises(SettingsError) as info:
         Settings.from_env({"IMPORTANCE_SAMPLER": "best", "IMPORTANCE_SAMPLER_SALT": "-1"})
     assert len(info.value.problems) == 2
