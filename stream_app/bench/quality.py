@@ -1110,7 +1110,7 @@ def user_partition(user_id: str, n_parts: int) -> int:
 
 
 #: labelled examples per partition between two exports of its learner's updates
-SYNC_EVERY = 500
+SYNC_EVERY = 10  # the worker's default IMPORTANCE_MODEL_SYNC_EVERY
 
 
 def run_partitions(
@@ -1283,9 +1283,16 @@ def render(results: dict[str, Any]) -> str:
         "a constant rate; `uniform` keeps every example at the same rate; `pos` keeps "
         "negatives ∝ p̂·√(1−p̂) (P-OS, Wang, Zhang & Wang 2021); `fisher` ∝ "
         "p̂·√(1−p̂)·‖D̂⁻¹x‖ and `leverage` ∝ p̂·√(1−p̂)·√(xᵀD̂⁻¹x), D̂ the online diagonal of "
-        "the Fisher information per hash bucket; `-mix` is half that rule, half the "
-        "constant rate. All are tuned online to the target kept fraction and keep every "
-        "positive. *(offline pilot)* rows apply the rule with a pilot model fitted "
+        "the Fisher information per column (an intercept column included); `-mix` is half "
+        "that rule, half the constant rate (`fisher-mix` is the default). All are tuned "
+        "online to the target kept fraction and keep every positive. Without a suffix the "
+        "Fisher rules measure the engine's hashed features; *(trainer's features)* rows are "
+        "the same samplers told the trainer's design with `IMPORTANCE_SAMPLER_FEATURES` "
+        "(Open Bandit: `item,position,user`; Taobao: `category:60,item:15,hour`, the "
+        "trainer's pooling of rare levels; its user-activity group is no event field, so "
+        "the sampler does not see it). On the real data the downstream model is fitted on "
+        "the engine's hashed features, so there the plain rows are the trainer's design. "
+        "*(offline pilot)* rows apply the rule with a pilot model fitted "
         "beforehand on an independent stream and the known model's one-hot features; "
         f"*{PRELABEL}* is `models.sampling.ImportanceSampler` on the engine's importance "
         "(decided before the label, weights 1/π), at a matched kept fraction.",
