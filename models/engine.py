@@ -62,7 +62,7 @@ class ScoredEvent:
     def record(
         self, *, updates: int, version: int, scored_at: float | None = None
     ) -> dict[str, Any]:
-        """The output record published on ``importance-scores`` (see the README contract)."""
+        """The output record published on ``importance-scores`` (contract: docs/contracts.md)."""
         ev = self.event
         return {
             "event_id": ev.event_id,

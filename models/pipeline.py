@@ -126,7 +126,7 @@ def training_record(
     source: str,
     decision: LabelDecision,
 ) -> dict[str, Any]:
-    """A record of ``training-samples`` (see the README contract): the example's ids, its
+    """A record of ``training-samples`` (contract: docs/contracts.md): the example's ids, its
     ``importance`` when scored, its label and where it came from, ``p`` (the learner's
     probability before it learned this label) and how to correct for the sampling."""
     return {
