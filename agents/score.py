@@ -81,7 +81,7 @@ class PartitionModel:
         before the next offset commit, or in its transaction)."""
         topic = model_topic.get_topic_name()
         for key, value in encode_parts(self.partition, self.pipeline.snapshot_state()):
-            output.send_state(topic, value, key, self.partition)
+            output.send(topic, value, key, self.partition)
         counters.snapshots += 1
 
 

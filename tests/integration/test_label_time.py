@@ -236,8 +236,8 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
         timeout=180,
         config=COMMITTED,
     )
-    # a snapshot of every partition is durable (with at_least_once they are produced at
-    # the commit after them): the restart restores models, not fresh ones
+    # a snapshot of every partition is durable: the restart restores models, not fresh
+    # ones (a kill in the first seconds could leave none)
     wait_for_snapshots(bootstrap, worker.settings.app_id, worker.settings.partitions)
     assert producer.is_alive(), "all events were produced before the kill"
     if guarantee == "exactly_once":

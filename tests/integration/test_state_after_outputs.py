@@ -1,5 +1,6 @@
-"""State after outputs (at_least_once): while a worker's outputs cannot be delivered, no
-state of the events that made them reaches Kafka, so a crash then loses no positive.
+"""Deletions after outputs (at_least_once): while a worker's training records cannot be
+delivered, the tombstones of the exposures they resolved do not reach the changelog, so
+a crash then loses no positive.
 
 The worker runs with its training records stuck in a producer queue that cannot deliver
 (``tests/integration/failing_worker.py``, mode ``stuck-topic``) while views are converted
@@ -24,21 +25,33 @@ pytestmark = pytest.mark.integration
 NOW = 1_700_000_000
 
 
-def _changelog_records(bootstrap: str, topic: str) -> int:
-    """How many records (tombstones included) the topic holds."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+def _records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record (key, value) the topic holds, tombstones included."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
+         "enable.partition.eof": True}
+    )  # fmt: skip
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        total = 0
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += high - low
-        return total
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        out, done = [], set()
+        deadline = time.monotonic() + 20
+        while len(done) < len(partitions) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error():
+                    done.add(msg.partition())
+                else:
+                    out.append((msg.key(), msg.value()))
+        return out
     finally:
         consumer.close()
 
 
-def test_no_state_reaches_kafka_before_its_outputs(bootstrap, worker_factory):
+def _tombstones(bootstrap: str, topic: str) -> int:
+    return sum(1 for _key, value in _records(bootstrap, topic) if value is None)
+
+
+def test_no_deletion_reaches_kafka_before_its_outputs(bootstrap, worker_factory):
     from tests.integration.conftest import consume_all, produce
 
     worker = worker_factory(
@@ -60,9 +73,11 @@ def test_no_state_reaches_kafka_before_its_outputs(bootstrap, worker_factory):
         bootstrap, settings.topic_scores, until=lambda rs: ids <= {r["event_id"] for r in rs}
     )
     time.sleep(6)  # commits were attempted meanwhile (every 2.8 s): none can complete
-    held = _changelog_records(bootstrap, changelog)
-    assert _changelog_records(bootstrap, settings.topic_training) == 0  # stuck indeed
-    assert held == 0, f"{held} changelog records reached Kafka before their outputs"
+    assert not _records(bootstrap, settings.topic_training)  # stuck indeed
+    tracked = _records(bootstrap, changelog)
+    assert len(tracked) == 30  # the exposures' entries: written at once
+    held = _tombstones(bootstrap, changelog)
+    assert held == 0, f"{held} tombstones reached Kafka before their training records"
 
     worker.kill()
     worker.start()  # the real worker
@@ -77,6 +92,6 @@ def test_no_state_reaches_kafka_before_its_outputs(bootstrap, worker_factory):
     published = {r["event_id"] for r in records if r["label"] == 1}
     assert positives <= published, f"positives lost: {sorted(positives - published)[:5]}"
     deadline = time.monotonic() + 30
-    while _changelog_records(bootstrap, changelog) == 0:  # the state follows at the commit
-        assert time.monotonic() < deadline, "the state never followed its outputs"
+    while _tombstones(bootstrap, changelog) < 30:  # the deletions follow at the commit
+        assert time.monotonic() < deadline, "the deletions never followed their outputs"
         time.sleep(0.5)
