@@ -49,6 +49,8 @@ __all__ = [
     "key_partitions",
     "mark_committed",
     "patch_consumer_thread",
+    "patch_fetch_records",
+    "patch_seek_to_committed",
     "pending_acks",
     "pending_gaps",
     "recovery_in_progress",
@@ -217,3 +219,27 @@ def patch_consumer_thread(
     cls: Any = AIOKafkaConsumerThread
     cls._create_worker_consumer = create_worker_consumer(cls._create_worker_consumer)
     cls._highwaters = highwaters(cls._highwaters)
+
+
+def patch_fetch_records(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``AIOKafkaConsumerThread._fetch_records(self, consumer, active_partitions,
+    timeout=, max_records=)``: it runs in the consumer's own thread and hands aiokafka's
+    ``Fetcher.fetched_records`` the stream consumer's set of active partitions, the set
+    object itself (``Consumer._active_partitions``), which the main thread keeps
+    changing; ``wrap`` receives the original and returns its replacement."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    cls: Any = AIOKafkaConsumerThread
+    cls._fetch_records = wrap(cls._fetch_records)
+
+
+def patch_seek_to_committed(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``ThreadDelegateConsumer.seek_to_committed(self)`` of Faust's stream consumer
+    (it returns ``{tp: committed offset or None}``; ``Consumer.perform_seek`` calls it at
+    the end of every recovery, and when a fetch comes back while the flow is stopped,
+    and sets its read offsets from the result); ``wrap`` receives the original and
+    returns its replacement."""
+    from faust.transport.consumer import ThreadDelegateConsumer
+
+    cls: Any = ThreadDelegateConsumer
+    cls.seek_to_committed = wrap(cls.seek_to_committed)

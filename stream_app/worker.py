@@ -79,10 +79,18 @@ def run_worker(argv: list[str] | None = None) -> None:
     import agents.rolling
     import agents.score
     import stream_app.web.api  # noqa: F401
-    from stream_app.offset_guard import hold_streams_until_ready
+    from stream_app.offset_guard import (
+        fetch_active_partitions_only,
+        hold_streams_until_ready,
+        seek_uncommitted_to_start,
+    )
 
     # Faust empties the streams' queues at the end of a recovery: deliver nothing before
     hold_streams_until_ready(app)
+    # and it drops records fetched while their partitions were not active: fetch only
+    # active ones, and fetch again from the start where no offset was committed
+    fetch_active_partitions_only()
+    seek_uncommitted_to_start()
     if settings.exactly_once:
         # offsets are committed in the output producer's transactions
         from stream_app.transactions import install

@@ -12,6 +12,13 @@
   decode agent has received a first input message (and a second more), and the decode
   agent takes two seconds over that message, so the input messages fetched meanwhile
   are in the agent's queue when Faust resumes its flow control.
+* ``late-fetch``: nothing fails, but the last fetch of a table recovery runs late in
+  the consumer's thread, the way a busy machine schedules it: it waits until Faust has
+  paused the changelog partitions (the recovery is over), so it runs with no active
+  partition, which aiokafka reads as "every partition" and returns the input records it
+  had fetched meanwhile; and Faust's end of recovery (its ``on_rebalance_complete``
+  signal) takes two seconds, so those records come back before the input partitions are
+  resumed, and Faust skips them.
 
 Nothing of this is in the product: the worker it runs is the real one.
 """
@@ -56,6 +63,8 @@ def _patch() -> None:
         OffsetGuard.missed = failing_missed
     if MODE == "slow-seek":
         _slow_seek()
+    if MODE == "late-fetch":
+        _late_fetch()
 
 
 def _slow_seek() -> None:
@@ -90,6 +99,37 @@ def _slow_seek() -> None:
 
     Consumer.perform_seek = slow_perform_seek
     OffsetGuard.missed = slow_missed
+
+
+def _late_fetch() -> None:
+    import asyncio
+    import time
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from stream_app.app import app
+
+    fetch = AIOKafkaConsumerThread._fetch_records
+
+    async def late_fetch_records(self, consumer, active_partitions, **kwargs):
+        if (
+            app.tables.recovery.in_recovery
+            and active_partitions
+            and all(self.consumer._is_changelog_tp(tp) for tp in active_partitions)
+        ):
+            # a fetch of the recovery, in the consumer's thread: give the main thread
+            # a second to end the recovery and pause the changelog partitions (it
+            # empties this very set)
+            deadline = time.monotonic() + 1.0
+            while active_partitions and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        return await fetch(self, consumer, active_partitions, **kwargs)
+
+    AIOKafkaConsumerThread._fetch_records = late_fetch_records
+
+    @app.on_rebalance_complete.connect
+    async def _slow_end_of_recovery(app, **kwargs):
+        await asyncio.sleep(2.0)
 
 
 if __name__ == "__main__":

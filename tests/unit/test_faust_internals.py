@@ -170,6 +170,41 @@ def test_consumer_thread_methods():
     )
 
 
+def test_fetch_records_and_seek_to_committed():
+    """What offset_guard.fetch_active_partitions_only and seek_uncommitted_to_start wrap."""
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport import consumer as faust_consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    fetch = AIOKafkaConsumerThread._fetch_records
+    assert inspect.iscoroutinefunction(fetch), moved(
+        "patch_fetch_records", "AIOKafkaConsumerThread._fetch_records"
+    )
+    assert list(inspect.signature(fetch).parameters)[:3] == [
+        "self",
+        "consumer",
+        "active_partitions",
+    ], moved("patch_fetch_records", "_fetch_records's arguments")
+    assert "self._active_partitions" in inspect.getsource(
+        faust_consumer.Consumer._get_active_partitions
+    ), moved("patch_fetch_records", "Faust no longer fetches with its own active set")
+    # the reason for the wrapper: aiokafka reads no partitions as every partition
+    assert "if partitions and tp not in partitions" in inspect.getsource(Fetcher.fetched_records), (
+        moved("patch_fetch_records", "Fetcher.fetched_records' partitions argument")
+    )
+    seek = faust_consumer.ThreadDelegateConsumer.seek_to_committed
+    assert inspect.iscoroutinefunction(seek), moved(
+        "patch_seek_to_committed", "ThreadDelegateConsumer.seek_to_committed"
+    )
+    assert "self.seek_to_committed()" in inspect.getsource(faust_consumer.Consumer.perform_seek), (
+        moved("patch_seek_to_committed", "perform_seek no longer calls seek_to_committed")
+    )
+    for name in ("earliest_offsets", "seek_wait"):
+        assert inspect.iscoroutinefunction(
+            getattr(faust_consumer.ThreadDelegateConsumer, name, None)
+        ), moved("patch_seek_to_committed", f"ThreadDelegateConsumer.{name}")
+
+
 def test_web_overrides():
     from aiohttp.web_runner import AppRunner
     from faust.web.drivers.aiohttp import Web
