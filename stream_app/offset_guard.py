@@ -29,6 +29,16 @@ messages were not fetched again, and when no later input came nothing showed the
 missing: the worker reported ready and scored nothing more, its committed offsets stuck
 where the queue was emptied (``test_failures.py``, after a worker that failed without
 committing).
+
+Another way is closed at its source too (:func:`fetch_active_partitions_only`): Faust's
+fetches hand aiokafka, in the consumer's thread, the very set of active partitions that
+the main thread changes. A fetch of a recovery that ran after the recovery had paused
+the changelog partitions, and before the input partitions were resumed, found the set
+empty, which aiokafka reads as "every partition": it returned the input records it had
+buffered, their positions moved on, and Faust dropped them (not active). Faust's seek to
+the committed offsets fetches such records again, except where nothing was committed;
+there :func:`seek_uncommitted_to_start` seeks to the start of the log, where the
+consumer began (``test_failures.py``, the late recovery fetch).
 """
 
 from __future__ import annotations
