@@ -49,6 +49,7 @@ __all__ = [
     "key_partitions",
     "mark_committed",
     "patch_consumer_thread",
+    "patch_create_worker_consumer",
     "patch_fetch_records",
     "patch_seek_to_committed",
     "pending_acks",
@@ -59,6 +60,7 @@ __all__ = [
     "recovery_service",
     "replace_commit",
     "set_committed",
+    "set_fetch_max_wait",
     "set_isolation_level",
     "table_converters",
 ]
@@ -205,6 +207,23 @@ def set_isolation_level(aiokafka_consumer: Any, level: str) -> None:
     """Set an aiokafka consumer's isolation level before it starts
     (``AIOKafkaConsumer._isolation_level``, read by ``start()``; Faust has no setting)."""
     aiokafka_consumer._isolation_level = level
+
+
+def set_fetch_max_wait(aiokafka_consumer: Any, ms: int) -> None:
+    """Set how long an aiokafka consumer's fetch requests wait for data at the broker,
+    before it starts (``AIOKafkaConsumer._fetch_max_wait_ms``, read by ``start()``;
+    Faust passes a fixed 1,500 ms and has no setting)."""
+    aiokafka_consumer._fetch_max_wait_ms = ms
+
+
+def patch_create_worker_consumer(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``AIOKafkaConsumerThread._create_worker_consumer(self, transport)`` (the stream
+    consumer's construction, before it starts): ``wrap`` receives the original and
+    returns its replacement."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    cls: Any = AIOKafkaConsumerThread
+    cls._create_worker_consumer = wrap(cls._create_worker_consumer)
 
 
 def patch_consumer_thread(

@@ -359,8 +359,9 @@ def seek_uncommitted_to_start() -> None:
                 tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs
             ]
             if uncommitted:
-                starts = await self.earliest_offsets(*uncommitted)
-                await self.seek_wait({tp: starts[tp] or 0 for tp in uncommitted if tp in starts})
+                # offset 0, below a log start that retention moved, reads as out of
+                # range, which the consumer resets to the earliest offset: no request
+                await self.seek_wait(dict.fromkeys(uncommitted, 0))
                 log.info(
                     "%d stream partition(s) without a committed offset sought to their start",
                     len(uncommitted),

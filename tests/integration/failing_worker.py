@@ -13,12 +13,13 @@
   agent takes two seconds over that message, so the input messages fetched meanwhile
   are in the agent's queue when Faust resumes its flow control.
 * ``late-fetch``: nothing fails, but the last fetch of a table recovery runs late in
-  the consumer's thread, the way a busy machine schedules it: it waits until Faust has
-  paused the changelog partitions (the recovery is over), so it runs with no active
-  partition, which aiokafka reads as "every partition" and returns the input records it
-  had fetched meanwhile; and Faust's end of recovery (its ``on_rebalance_complete``
-  signal) takes two seconds, so those records come back before the input partitions are
-  resumed, and Faust skips them.
+  the consumer's thread, the way a busy machine schedules it: a fetch of the recovery
+  that found nothing runs again once Faust has paused the changelog partitions (the
+  recovery is over), so it runs with no active partition, which aiokafka reads as
+  "every partition": it returns the input records it had fetched meanwhile (the
+  recovery notices its end half a second late, so such a fetch is always asked); and
+  Faust's end of recovery (its ``on_rebalance_complete`` signal) takes two seconds, so
+  those records come back before the input partitions are resumed, and Faust skips them.
 
 Nothing of this is in the product: the worker it runs is the real one.
 """
@@ -105,6 +106,7 @@ def _late_fetch() -> None:
     import asyncio
     import time
 
+    from faust.tables.recovery import Recovery
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     from stream_app.app import app
@@ -112,20 +114,41 @@ def _late_fetch() -> None:
     fetch = AIOKafkaConsumerThread._fetch_records
 
     async def late_fetch_records(self, consumer, active_partitions, **kwargs):
+        asked = frozenset(active_partitions or ())
+        recovering = not app.tables.actives_ready  # from a rebalance to "Worker ready"
+        records = await fetch(self, consumer, active_partitions, **kwargs)
         if (
-            app.tables.recovery.in_recovery
-            and active_partitions
-            and all(self.consumer._is_changelog_tp(tp) for tp in active_partitions)
+            not records
+            and recovering
+            and asked
+            and all(self.consumer._is_changelog_tp(tp) for tp in asked)
         ):
-            # a fetch of the recovery, in the consumer's thread: give the main thread
-            # a second to end the recovery and pause the changelog partitions (it
-            # empties this very set)
-            deadline = time.monotonic() + 1.0
+            # a fetch of the recovery found nothing more: it runs again, late, once the
+            # main thread has ended the recovery and paused the changelog partitions
+            # (it empties this very set), as a busy consumer thread would run it
+            deadline = time.monotonic() + 5.0
             while active_partitions and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-        return await fetch(self, consumer, active_partitions, **kwargs)
+            records = await fetch(self, consumer, active_partitions, **kwargs)
+        return records
 
     AIOKafkaConsumerThread._fetch_records = late_fetch_records
+
+    class LateEnd(asyncio.Event):
+        """The recovery notices half a second late that it has read everything: the
+        fetcher, still running, asks for more meanwhile (and finds nothing)."""
+
+        async def wait(self):
+            await super().wait()
+            await asyncio.sleep(0.5)
+            return True
+
+    def signal_recovery_end(self):
+        if self._signal_recovery_end is None:
+            self._signal_recovery_end = LateEnd()
+        return self._signal_recovery_end
+
+    Recovery.signal_recovery_end = property(signal_recovery_end)
 
     @app.on_rebalance_complete.connect
     async def _slow_end_of_recovery(app, **kwargs):

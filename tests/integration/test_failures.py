@@ -239,8 +239,11 @@ def test_input_fetched_by_the_last_recovery_fetch_is_all_scored(bootstrap, worke
     where no offset was committed, and with no later input the offset guard saw no gap:
     the worker reported ready and scored nothing (seen once in 6 runs of
     ``test_agent_failing_outside_one_event_stops_the_worker``). Here that fetch is late
-    on purpose (failing_worker's late-fetch mode)."""
-    worker = worker_factory(TEST_FAIL_MODE="agent", TEST_FAIL_AFTER="50")
+    on purpose (failing_worker's late-fetch mode). The memory store: the restarted worker
+    reads every table from its changelogs (a local copy could leave nothing to read)."""
+    worker = worker_factory(
+        TEST_FAIL_MODE="agent", TEST_FAIL_AFTER="50", IMPORTANCE_TABLE_STORE="memory"
+    )
     worker.start(module=FAILING)
     events = synthetic_events(300, prefix="late-fetch")
     expected = {e["event_id"] for e in events}

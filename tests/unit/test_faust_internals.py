@@ -155,6 +155,16 @@ def test_group_coordinator_and_isolation_level():
         return consumer._isolation_level
 
     assert asyncio.run(level()) == "read_committed", moved("set_isolation_level")
+    assert "self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start), moved(
+        "set_fetch_max_wait", "start() no longer reads AIOKafkaConsumer._fetch_max_wait_ms"
+    )
+
+    async def fetch_wait() -> int:
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        fi.set_fetch_max_wait(consumer, 100)
+        return consumer._fetch_max_wait_ms
+
+    assert asyncio.run(fetch_wait()) == 100, moved("set_fetch_max_wait")
 
 
 def test_consumer_thread_methods():
@@ -163,6 +173,9 @@ def test_consumer_thread_methods():
     create = AIOKafkaConsumerThread._create_worker_consumer
     assert list(inspect.signature(create).parameters) == ["self", "transport"], moved(
         "patch_consumer_thread", "AIOKafkaConsumerThread._create_worker_consumer"
+    )
+    assert "fetch_max_wait_ms=" in inspect.getsource(create), moved(
+        "patch_create_worker_consumer", "Faust no longer sets fetch_max_wait_ms itself"
     )
     highwaters = AIOKafkaConsumerThread._highwaters
     assert inspect.iscoroutinefunction(highwaters), moved(
