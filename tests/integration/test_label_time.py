@@ -200,10 +200,15 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
     murmur2 = {"partitioner": "murmur2_random"}
     topic = worker.settings.topic_events
 
-    def paced() -> None:  # events keep arriving (at most 1,000 a second) during the kill
-        first = events[:14_000]
+    killed = threading.Event()
+
+    def paced() -> None:  # events keep arriving (at most 1,000 a second) until the kill,
+        first = events[:14_000]  # the rest of them at once while the worker is down
         for start in range(0, len(first), 100):
-            produce(bootstrap, topic, first[start : start + 100], by_user, murmur2)
+            batch = first[start:] if killed.is_set() else first[start : start + 100]
+            produce(bootstrap, topic, batch, by_user, murmur2)
+            if killed.is_set():
+                return
             time.sleep(0.1)
 
     producer = threading.Thread(target=paced, daemon=True)
@@ -227,6 +232,7 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
         else:
             pytest.fail("never caught the worker with an open transaction")
     worker.kill()
+    killed.set()
     producer.join()
     worker.start()
     produce(bootstrap, topic, events[14_000:], by_user, murmur2)
