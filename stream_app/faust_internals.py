@@ -62,6 +62,7 @@ __all__ = [
     "set_committed",
     "set_fetch_max_wait",
     "set_isolation_level",
+    "start_tables_at_once",
     "table_converters",
 ]
 
@@ -137,6 +138,23 @@ def key_partitions(store: Any) -> dict[Any, int] | None:
     Faust drops the keys of revoked partitions with it, so keys the worker writes itself
     must be entered (None: a store without one)."""
     return getattr(store, "_key_partition", None)
+
+
+def start_tables_at_once() -> None:
+    """Start Faust's table manager without its one-second pause
+    (``TableManager.on_start``: ``await self.sleep(1.0)``, then ``_update_channels()``
+    and ``recovery.start()``; the pause leaves time for tables declared after the app
+    started, and the consumer's subscription waits for it). Only for an app whose tables
+    all exist before it starts."""
+    from faust.tables.manager import TableManager
+
+    async def on_start(self: Any) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+    cls: Any = TableManager
+    cls.on_start = on_start
 
 
 # -- the producer -----------------------------------------------------------------------

@@ -318,7 +318,9 @@ def fetch_active_partitions_only() -> None:
 
     def wrap(fetch: Callable[..., Any]) -> Callable[..., Any]:
         async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, **kw: Any):
-            partitions = frozenset(active_partitions or ())
+            if active_partitions is None:  # a client-only app: every partition
+                return await fetch(self, consumer, active_partitions, **kw)
+            partitions = frozenset(active_partitions)
             if not partitions:
                 return {}
             return await fetch(self, consumer, partitions, **kw)
@@ -361,11 +363,15 @@ def seek_uncommitted_to_start() -> None:
             if uncommitted:
                 # offset 0, below a log start that retention moved, reads as out of
                 # range, which the consumer resets to the earliest offset: no request
-                await self.seek_wait(dict.fromkeys(uncommitted, 0))
-                log.info(
-                    "%d stream partition(s) without a committed offset sought to their start",
-                    len(uncommitted),
-                )
+                try:
+                    await self.seek_wait(dict.fromkeys(uncommitted, 0))
+                except Exception as exc:  # e.g. revoked meanwhile: Faust seeks again
+                    log.warning("seeking partitions without a committed offset: %r", exc)
+                else:
+                    log.info(
+                        "%d stream partition(s) without a committed offset sought to their start",
+                        len(uncommitted),
+                    )
             return committed
 
         return _seek_to_committed

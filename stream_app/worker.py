@@ -92,6 +92,10 @@ def run_worker(argv: list[str] | None = None) -> None:
     fetch_active_partitions_only()
     seek_uncommitted_to_start()
     shorten_fetch_wait()
+    # every table is declared by now (the agents' modules): no need for Faust's pause
+    from stream_app.faust_internals import start_tables_at_once
+
+    start_tables_at_once()
     if settings.exactly_once:
         # offsets are committed in the output producer's transactions
         from stream_app.transactions import install

@@ -9,7 +9,8 @@
   guard raises) once it has handled ``TEST_FAIL_AFTER`` messages;
 * ``slow-seek``: nothing fails, but the end of Faust's recovery is slow the way a busy
   machine makes it: its "Seek stream partitions to committed offsets" waits until the
-  decode agent has received a first input message (and a second more), and the decode
+  decode agent has received a first input message (and a second more; at most 3 s,
+  since the worker holds the flow until "Worker ready" none comes), and the decode
   agent takes two seconds over that message, so the input messages fetched meanwhile
   are in the agent's queue when Faust resumes its flow control.
 * ``late-fetch``: nothing fails, but the last fetch of a table recovery runs late in
@@ -84,7 +85,7 @@ def _slow_seek() -> None:
 
     async def slow_perform_seek(self):
         try:
-            await asyncio.wait_for(first_message().wait(), timeout=10)
+            await asyncio.wait_for(first_message().wait(), timeout=3)
         except asyncio.TimeoutError:
             pass
         else:

@@ -218,6 +218,17 @@ def test_fetch_records_and_seek_to_committed():
         ), moved("patch_seek_to_committed", f"ThreadDelegateConsumer.{name}")
 
 
+def test_table_manager_start():
+    from faust.tables.manager import TableManager
+
+    source = inspect.getsource(TableManager.on_start)
+    for part in ("await self.sleep(1.0)", "await self._update_channels()", "recovery.start()"):
+        assert part in source, moved("start_tables_at_once", f"TableManager.on_start: {part}")
+    assert "self._tables_registered.set()" in inspect.getsource(TableManager._update_channels), (
+        moved("start_tables_at_once", "_update_channels no longer registers the tables")
+    )
+
+
 def test_web_overrides():
     from aiohttp.web_runner import AppRunner
     from faust.web.drivers.aiohttp import Web
