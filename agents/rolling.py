@@ -17,10 +17,9 @@ changelog-backed: it survives restarts and moves with its partition). A hopping 
 (5 minutes and 1 hour by default, advancing every ``step``) is the sum of its panes, read
 when the API asks or when it is published. Why panes rather than one ``hopping(size,
 step)`` table per window size: every event would then write ``size/step`` entries per
-window size and entity (5 + 60 per entity with the defaults), each a changelog message.
-Measured on this machine, a bare Faust agent consuming about 3,700 events/s fell to about
-60 with 33 hopping-window writes per event, and to 600–1,100 with 3. Panes cost one
-entry per entity and minute.
+window size and entity (5 + 60 per entity with the defaults), each a changelog message,
+which slows a Faust agent down by orders of magnitude (docs/architecture.md, "Rolling
+importance"). Panes cost one entry per entity and minute.
 
 A batch is folded in when it is full and before every offset commit (the worker's commit
 barrier calls :func:`flush`), so what an acknowledged event contributed is written before

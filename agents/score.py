@@ -15,13 +15,15 @@ from faust.types import TP
 
 from agents import rolling
 from agents.failures import agent_failed, handle
-from models.engine import ImportanceEngine
+from models.engine import HASH_BITS, ImportanceEngine
 from models.events import Event, validate_event
+from models.model_sync import SharedLearners
 from models.pipeline import PartitionPipeline, PipelineConfig
 from models.state import StateError
 from stream_app.app import (
     app,
     by_user_topic,
+    client_config,
     model_topic,
     output,
     pending_table,
@@ -31,8 +33,10 @@ from stream_app.app import (
 from stream_app.failures import set_path
 from stream_app.metrics import counters, progressive
 from stream_app.model_store import encode_parts, read_snapshot
+from stream_app.model_sync import RemoteSync
 from stream_app.offset_guard import guard_topic
 from stream_app.output import ChangelogStore
+from stream_app.topics import model_sync_topic
 
 __all__ = ["process", "score"]
 
@@ -77,11 +81,36 @@ class PartitionModel:
         before the next offset commit, or in its transaction)."""
         topic = model_topic.get_topic_name()
         for key, value in encode_parts(self.partition, self.pipeline.snapshot_state()):
-            output.send(topic, value, key, self.partition)
+            output.send_state(topic, value, key, self.partition)
         counters.snapshots += 1
 
 
-models: dict[int, PartitionModel] = {}
+#: the models of this worker's partitions, by partition
+partition_models: dict[int, PartitionModel] = {}
+
+#: the partitions' learners made one (IMPORTANCE_MODEL_SYNC_EVERY; models/model_sync.py)
+learners = SharedLearners(settings.model_sync_every)
+#: ... and shared with the other workers through the model-sync topic
+remote_sync = RemoteSync(
+    learners, model_sync_topic(settings), client_config(settings), 1 << HASH_BITS
+)
+if settings.model_sync_every:
+    learners.publish = remote_sync.publish
+
+
+@app.task
+async def model_sync() -> None:
+    """Apply the learner updates other workers publish (while the worker runs)."""
+    if settings.model_sync_every:
+        await remote_sync.run()
+
+
+@app.timer(interval=1.0)
+async def model_sync_counters() -> None:
+    """The sharing's counters into /metrics and /api/stats."""
+    counters.model_sync_exported = learners.exported
+    counters.model_sync_received = remote_sync.received
+    counters.model_sync_skipped = remote_sync.skipped
 
 
 def new_engine() -> ImportanceEngine:
@@ -90,13 +119,13 @@ def new_engine() -> ImportanceEngine:
 
 async def model_for(partition: int) -> PartitionModel:
     """The partition's model: in memory, else restored from its latest snapshot."""
-    model = models.get(partition)
+    model = partition_models.get(partition)
     if model is not None:
         return model
     engine = new_engine()
     try:
         parts = await read_snapshot_retrying(partition)
-        model = models.get(partition)
+        model = partition_models.get(partition)
         if model is not None:  # restored meanwhile by another agent (in place / by-user)
             return model
         if parts is not None:
@@ -111,7 +140,8 @@ async def model_for(partition: int) -> PartitionModel:
     except StateError as exc:
         log.error("partition %d: saved model state unusable, starting fresh: %s", partition, exc)
         engine = new_engine()
-    model = models[partition] = PartitionModel(partition, engine)
+    model = partition_models[partition] = PartitionModel(partition, engine)
+    learners.join(partition, engine)
     return model
 
 
@@ -201,6 +231,7 @@ async def process(partition: int, ev: Event) -> dict[str, Any]:
         counters.labels_resolved += 1
         if item.reason == "evicted":
             counters.labels_evicted += 1
+    learners.after_event(partition)
     if model.due():
         model.snapshot()
     return record
@@ -250,7 +281,7 @@ async def snapshot_timer() -> None:
 
 async def snapshot_all() -> None:
     """Save every partition's model (on shutdown and rebalance)."""
-    for model in list(models.values()):
+    for model in list(partition_models.values()):
         if model.since_snapshot:
             try:
                 model.snapshot()
@@ -274,7 +305,8 @@ async def on_revoked(app, revoked: set[TP], **kwargs) -> None:
     for tp in revoked:
         if tp.topic != topic:
             continue
-        model = models.pop(tp.partition, None)
+        model = partition_models.pop(tp.partition, None)
+        learners.leave(tp.partition)
         if model is not None and model.since_snapshot:
             try:
                 model.snapshot()

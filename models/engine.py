@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,12 @@ from models.scorers.behavior import BehaviorPrior
 from models.scorers.knn import _BATCH_MIN, KNNImportance
 from models.scorers.logistic import HashedLogistic
 from models.state import STATE_SCHEMA, StateError
+
+if TYPE_CHECKING:
+    from models.model_sync import WeightSharing
+
+#: hash buckets of the features, as a power of two (the engine's default)
+HASH_BITS = 18
 
 __all__ = ["ImportanceEngine", "ScoredEvent"]
 
@@ -56,7 +62,7 @@ class ScoredEvent:
     def record(
         self, *, updates: int, version: int, scored_at: float | None = None
     ) -> dict[str, Any]:
-        """The output record published on ``importance-scores`` (see the README contract)."""
+        """The output record published on ``importance-scores`` (contract: docs/contracts.md)."""
         ev = self.event
         return {
             "event_id": ev.event_id,
@@ -84,9 +90,9 @@ class ImportanceEngine:
         self,
         *,
         target_rate: float = 0.2,
-        sampler: str | LabelSampler = "negative",
+        sampler: str | LabelSampler = "fisher-mix",
         salt: int = 0,
-        hash_bits: int = 18,
+        hash_bits: int = HASH_BITS,
         knn_window: int = 1000,
         knn_neighbors: int = 10,
         rank_window: int = 2048,
@@ -97,6 +103,8 @@ class ImportanceEngine:
         self.weights = dict(weights)
         self.behavior = BehaviorPrior()
         self.logistic = HashedLogistic(bits=hash_bits)
+        #: set by :class:`models.model_sync.SharedLearners` when the partitions share it
+        self.sharing: WeightSharing | None = None
         self.knn = KNNImportance(n_neighbors=knn_neighbors, window_size=knn_window)
         self.rank = RollingRank(rank_window)
         self.sampler = (
@@ -190,14 +198,14 @@ class ImportanceEngine:
         self._knn_ops.append((feats.dense, -1))
         self._pending.append(scored)
         if event.label is not None:
-            scored.decision = self.sampler.decide(event.event_id, event.label, p, feats.sparse)
+            scored.decision = self.sampler.decide_event(event, event.label, p, feats.sparse)
             self._learn(event, feats, event.label)
         return scored
 
     def begin_resolve(self, event: Event, label: int, p: float) -> LabelDecision:
         """:meth:`resolve` up to :meth:`flush` (the decision is final)."""
         feats = self.features(event)
-        decision = self.sampler.decide(event.event_id, label, p, feats.sparse)
+        decision = self.sampler.decide_event(event, label, p, feats.sparse)
         self._learn(event, feats, label)
         return decision
 
@@ -230,6 +238,8 @@ class ImportanceEngine:
             scored.importance = rank.update(blend(scored.scores, weights))
 
     def _learn(self, event: Event, feats: EventFeatures, label: int) -> None:
+        if self.sharing is not None:
+            self.sharing.touch(feats.sparse)
         self.logistic.learn(event, feats, label)
         self._knn_ops.append((feats.dense, label))
 
@@ -289,6 +299,8 @@ class ImportanceEngine:
                 self.clock.load_state({"time": 0.0, "capped": 0, "users": []})
             self.version = int(meta["version"])
             self.seen = int(meta["seen"])
+            if self.sharing is not None:
+                self.sharing.rebase()
         except StateError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError, MemoryError) as exc:

@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from models.events import Event
+from models.sampler_design import SamplerDesign, intercept_bucket
 from models.sampling import uniform_from_id
 from models.state import StateError, decode_array, encode_array
 
@@ -133,9 +135,26 @@ class LabelSampler:
     def observe(self, label: int, p: float, x: Mapping[int, float], pi: float) -> None:
         """Update the sampler's statistics with a labelled example (after deciding)."""
 
+    def features(self, event: Event, x: Mapping[int, float]) -> Mapping[int, float]:
+        """The columns the sampler measures ``event`` on; ``x`` is the engine's hashed
+        features (the default design)."""
+        return x
+
+    def observe_event(self, event: Event) -> None:
+        """Update what depends on the event itself (a design's level counts)."""
+
+    def decide_event(
+        self, event: Event, label: int, p: float, x: Mapping[int, float]
+    ) -> LabelDecision:
+        """:meth:`decide` for an event: its columns from :meth:`features`, then
+        :meth:`observe_event`. This is what the engine calls."""
+        decision = self.decide(event.event_id, label, p, self.features(event, x))
+        self.observe_event(event)
+        return decision
+
     def decide(self, event_id: str, label: int, p: float, x: Mapping[int, float]) -> LabelDecision:
         """Keep or drop one labelled example; ``p`` is the learner's probability before it
-        learned this label and ``x`` the example's hashed features."""
+        learned this label and ``x`` the example's columns (:meth:`features`)."""
         q = self.negative_rate
         pi_pos = _clip(self.positive_probability(p, x))
         pi_neg = _clip(self.negative_probability(p, x, q))
@@ -227,6 +246,7 @@ class ScoredSampler(LabelSampler):
     def __init__(self, target_rate: float = 0.2, salt: int = 0, half_life: float = 20_000.0):
         super().__init__(target_rate=target_rate, salt=salt, half_life=half_life)
         self.mean_score = 0.0  # decayed mean of s over negatives (0: none seen yet)
+        self.negatives = 0  # negatives decided (the mean is a plain one over the first ones)
         self.kappa = 0.0
         self._last: tuple[float, float] | None = None  # (s, proportional part) of last call
 
@@ -251,7 +271,8 @@ class ScoredSampler(LabelSampler):
         decision = super().decide(event_id, label, p, x)
         if not label and self._last is not None:
             s, prop = self._last
-            w = 1.0 - 0.5 ** (1.0 / self.score_half_life)
+            self.negatives += 1
+            w = max(1.0 - 0.5 ** (1.0 / self.score_half_life), 1.0 / self.negatives)
             if self.mean_score <= 0.0:
                 self.mean_score = s
             else:
@@ -262,7 +283,7 @@ class ScoredSampler(LabelSampler):
 
     def to_state(self) -> dict[str, Any]:
         state = super().to_state()
-        state.update(mean_score=self.mean_score, kappa=self.kappa)
+        state.update(mean_score=self.mean_score, kappa=self.kappa, negatives=self.negatives)
         return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -277,6 +298,8 @@ class ScoredSampler(LabelSampler):
             raise StateError("unusable sampler state: mean_score or kappa out of range")
         super().load_state(state)
         self.mean_score, self.kappa = mean_score, kappa
+        # a state saved before the count existed is past its first negatives
+        self.negatives = max(0, min(int(state.get("negatives", 2**31)), 2**31))
 
 
 def pos_score(p: float) -> float:
@@ -307,11 +330,16 @@ class POSSampler(ScoredSampler):
 
 class FisherSampler(ScoredSampler):
     """Negatives ∝ ``p̂·√(1 − p̂)·‖D̂⁻¹x‖``, ``D̂`` the diagonal of the pilot's Fisher
-    information: for each hash bucket the decayed sum of ``p̂(1 − p̂)·x_j²`` over labelled
+    information: for each column the decayed sum of ``p̂(1 − p̂)·x_j²`` over labelled
     examples (the online learner's ``p̂`` before it learned the label), plus ``prior``.
     ``‖D̂⁻¹x‖`` is the A-optimal factor (it targets the coefficients' squared error).
 
-    Rare buckets have little information, so their examples' negatives are kept more
+    The columns are the trainer's when ``features`` describes them
+    (:class:`models.sampler_design.SamplerDesign`, e.g. ``"item:15,category:60,hour"``),
+    else the engine's hashed features; an intercept column is always there, so an example
+    with no other column is not mistaken for one with no information.
+
+    Rare columns have little information, so their examples' negatives are kept more
     often; an array of ``2**hash_bits`` floats bounds the memory (buckets fold by mask).
 
     >>> sampler = make_sampler("fisher", target_rate=0.1, hash_bits=4)
@@ -324,8 +352,8 @@ class FisherSampler(ScoredSampler):
     """
 
     name = "fisher"
-    #: D̂ prior per bucket (the information of one example at p(1 − p) = 0.01)
-    prior: ClassVar[float] = 0.01
+    #: D̂ prior per column (the information of one example at p(1 − p) = 0.001)
+    PRIOR: ClassVar[float] = 1e-3
     #: the power of D̂ in the design factor: ‖D̂^(−power)·x‖
     power: ClassVar[float] = 1.0
 
@@ -335,16 +363,33 @@ class FisherSampler(ScoredSampler):
         salt: int = 0,
         half_life: float = 20_000.0,
         hash_bits: int = 18,
+        features: str | None = None,
+        prior: float | None = None,
     ):
         super().__init__(target_rate=target_rate, salt=salt, half_life=half_life)
         if not (isinstance(hash_bits, int) and 1 <= hash_bits <= 24):
             raise ValueError(f"hash_bits must be an int in [1, 24], not {hash_bits!r}")
+        prior = self.PRIOR if prior is None else prior
+        if not (isinstance(prior, (int, float)) and 0.0 < prior < math.inf):
+            raise ValueError(f"prior must be a number > 0, not {prior!r}")
+        self.prior = float(prior)
         self.hash_bits = hash_bits
         self.mask = (1 << hash_bits) - 1
+        self.design = SamplerDesign(features, hash_bits) if features else None
+        self.intercept = intercept_bucket(hash_bits)
         # D̂ = info * scale: decaying every bucket per example would cost 2**bits, so the
         # decay goes into the common scale and additions are divided by it.
         self.info = array("d", bytes(8 << hash_bits))
         self.scale = 1.0
+
+    def features(self, event: Event, x: Mapping[int, float]) -> Mapping[int, float]:
+        if self.design is not None:
+            return self.design.encode(event)
+        return {**x, self.intercept: 1.0}
+
+    def observe_event(self, event: Event) -> None:
+        if self.design is not None:
+            self.design.observe(event)
 
     def fisher_diagonal(self, x: Mapping[int, float]) -> list[float]:
         """``D̂_j`` (with the prior) for the buckets of ``x``, in the order of ``x``."""
@@ -352,13 +397,17 @@ class FisherSampler(ScoredSampler):
         return [info[k & mask] * scale + prior for k in x]
 
     def score(self, p: float, x: Mapping[int, float]) -> float:
-        info, mask, scale, prior = self.info, self.mask, self.scale, self.prior
+        # D̂ per labelled example (the decayed count ``n``): the scores stay on one scale
+        # while D̂ fills after a start, instead of falling as 1/t (which the mean score
+        # and κ, adapting at a bounded speed, would follow late, keeping too few)
+        info, mask, prior = self.info, self.mask, self.prior
+        scale, n = self.scale, self.n
         if self.power == 1.0:
-            total = sum((v / (info[k & mask] * scale + prior)) ** 2 for k, v in x.items())
+            total = sum((v * n / (info[k & mask] * scale + prior)) ** 2 for k, v in x.items())
         else:
             e = 2.0 * self.power
-            total = sum(v * v / (info[k & mask] * scale + prior) ** e for k, v in x.items())
-        return pos_score(p) * math.sqrt(total) if x else pos_score(p) / prior**self.power
+            total = sum(v * v * (n / (info[k & mask] * scale + prior)) ** e for k, v in x.items())
+        return pos_score(p) * math.sqrt(total) if x else pos_score(p) * (n / prior) ** self.power
 
     def observe(self, label: int, p: float, x: Mapping[int, float], pi: float) -> None:
         self.scale *= self.decay
@@ -373,17 +422,27 @@ class FisherSampler(ScoredSampler):
 
     def to_state(self) -> dict[str, Any]:
         state = super().to_state()
-        d = np.frombuffer(self.info, dtype=np.float64) * self.scale
+        # the raw sums and their common scale, not their product: a restored sampler
+        # then makes bit-for-bit the decisions the saved one would have made
+        d = np.frombuffer(self.info, dtype=np.float64)
         nz = np.flatnonzero(d)
         state.update(
             hash_bits=self.hash_bits,
             fisher_idx=encode_array(nz.astype(np.int32)),
-            fisher_val=encode_array(d[nz].astype(np.float32)),
+            fisher_val=encode_array(d[nz]),
+            fisher_scale=self.scale,
         )
+        if self.design is not None:
+            state["design"] = self.design.to_state()
         return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`to_state`; the state of another sampler or of another design
+        (``features`` changed) is ignored: the sampler starts afresh."""
         if state.get("name") != self.name:
+            return
+        spec = self.design.spec if self.design is not None else None
+        if (state.get("design") or {}).get("spec") != spec:
             return
         if state.get("hash_bits") != self.hash_bits:
             raise StateError(
@@ -397,11 +456,16 @@ class FisherSampler(ScoredSampler):
             raise StateError("sampler state: Fisher bucket out of range")
         if not (np.all(np.isfinite(val)) and np.all(val >= 0.0)):
             raise StateError("sampler state: Fisher values must be finite and >= 0")
+        scale = float(state.get("fisher_scale", 1.0))  # saved as products before
+        if not (math.isfinite(scale) and 0.0 < scale <= 1.0):
+            raise StateError(f"sampler state: Fisher scale {scale!r} must be in (0, 1]")
+        if self.design is not None:
+            self.design.load_state(state["design"])
         super().load_state(state)
         info = np.zeros(1 << self.hash_bits, dtype=np.float64)
         info[idx.astype(np.int64)] = val
         self.info = array("d", info.tobytes())
-        self.scale = 1.0
+        self.scale = scale
 
 
 class FisherMixSampler(FisherSampler):
@@ -452,10 +516,25 @@ def make_sampler(
 ) -> LabelSampler:
     """The sampler called ``name``; ``ValueError`` naming the choices if there is none.
 
-    ``options`` go to the sampler's constructor (e.g. ``hash_bits`` of the Fisher samplers).
+    ``options`` go to the sampler's constructor (``hash_bits``, ``features``, ``prior`` of
+    the Fisher samplers); ``features=None`` means the engine's hashed features.
+
+    >>> make_sampler("fisher", 0.05, features="item:15,category,hour").design.groups
+    {'item': 15, 'category': 0, 'hour': 0}
+    >>> make_sampler("negative", 0.05, features="item")
+    Traceback (most recent call last):
+    ...
+    ValueError: sampler 'negative' has no design: features apply to fisher, fisher-mix, ...
     """
     try:
         cls = SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+    if options.get("features") is None:
+        options.pop("features", None)
+    elif not issubclass(cls, FisherSampler):
+        with_design = [n for n, c in SAMPLERS.items() if issubclass(c, FisherSampler)]
+        raise ValueError(
+            f"sampler {name!r} has no design: features apply to {', '.join(with_design)}"
+        )
     return cls(target_rate=target_rate, salt=salt, **options)

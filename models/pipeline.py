@@ -32,7 +32,7 @@ Publishing, counting and snapshotting through Kafka are the caller's.
 >>> [(r.reason, r.label) for r in out.resolved], pipe.engine.updates
 ([('converted', 1)], 1)
 >>> [(t["label"], t["label_source"], t["pi"], t["sampler"]) for _, t in out.training]
-[(1, 'converted', 1.0, 'negative')]
+[(1, 'converted', 1.0, 'fisher-mix')]
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class PipelineConfig:
     """The settings the per-event path depends on (names as in ``stream_app.config``)."""
 
     target_keep_rate: float = 0.2
-    importance_sampler: str = "negative"
+    importance_sampler: str = "fisher-mix"
     importance_sampler_salt: int = 0
+    importance_sampler_features: str | None = None
     attribution_window_s: float = 1800.0
     max_pending_per_user: int = 64
     max_pending_per_partition: int = 200_000
@@ -93,7 +94,10 @@ class PipelineConfig:
     def new_sampler(self) -> LabelSampler:
         """A fresh label-time sampler (``importance_sampler`` tuned to the target rate)."""
         return make_sampler(
-            self.importance_sampler, self.target_keep_rate, self.importance_sampler_salt
+            self.importance_sampler,
+            self.target_keep_rate,
+            self.importance_sampler_salt,
+            features=self.importance_sampler_features,
         )
 
     def new_engine(self, now: Callable[[], float] = time.time) -> ImportanceEngine:
@@ -122,7 +126,7 @@ def training_record(
     source: str,
     decision: LabelDecision,
 ) -> dict[str, Any]:
-    """A record of ``training-samples`` (see the README contract): the example's ids, its
+    """A record of ``training-samples`` (contract: docs/contracts.md): the example's ids, its
     ``importance`` when scored, its label and where it came from, ``p`` (the learner's
     probability before it learned this label) and how to correct for the sampling."""
     return {

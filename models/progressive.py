@@ -11,17 +11,41 @@ computed over the last ``window`` pairs.
 (4, 5, 1.0)
 >>> round(m.log_loss(), 4)
 0.5017
+>>> auc([0.1, 0.4, 0.4, 0.8], [0, 0, 1, 1])  # a tie between classes counts one half
+0.875
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ProgressiveMetrics"]
+__all__ = ["ProgressiveMetrics", "auc"]
 
 _EPS = 1e-7
+
+
+def auc(scores: Iterable[float], labels: Iterable[int]) -> float | None:
+    """Area under the ROC curve of ``scores`` against ``labels`` (0 or 1): Mann–Whitney U
+    with average ranks for tied scores (a tie between classes counts one half); None
+    without both classes."""
+    pairs = sorted(zip(scores, labels, strict=True))
+    n_pos = sum(y for _, y in pairs)
+    n_neg = len(pairs) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    rank_sum = 0.0
+    i = 0
+    while i < len(pairs):
+        j = i
+        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + j) / 2 + 1
+        rank_sum += avg_rank * sum(y for _, y in pairs[i : j + 1])
+        i = j + 1
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 class ProgressiveMetrics:
@@ -50,23 +74,8 @@ class ProgressiveMetrics:
         return sum(y for _, y in self.pairs)
 
     def auc(self) -> float | None:
-        """Area under the ROC curve (ties count one half); None without both classes."""
-        pairs = sorted(self.pairs)
-        n_pos = sum(y for _, y in pairs)
-        n_neg = len(pairs) - n_pos
-        if n_pos == 0 or n_neg == 0:
-            return None
-        # Mann-Whitney U with average ranks for tied predictions.
-        rank_sum = 0.0
-        i = 0
-        while i < len(pairs):
-            j = i
-            while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
-                j += 1
-            avg_rank = (i + j) / 2 + 1
-            rank_sum += avg_rank * sum(y for _, y in pairs[i : j + 1])
-            i = j + 1
-        return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        """:func:`auc` of the window's pairs; None without both classes."""
+        return auc((p for p, _ in self.pairs), (y for _, y in self.pairs))
 
     def log_loss(self) -> float | None:
         """Mean binary cross-entropy (p clipped to [1e-7, 1 − 1e-7]); None when empty."""

@@ -35,12 +35,11 @@ __all__ = [
 
 
 def resolve_bootstrap(settings: Settings) -> str:
-    """``KAFKA_BOOTSTRAP_SERVERS`` when set, else the local broker's address."""
-    if settings.bootstrap_servers:
-        return settings.bootstrap_servers
+    """``KAFKA_BOOTSTRAP_SERVERS`` of ``settings`` when set, else the local broker's address
+    (:func:`stream_app.broker.bootstrap_servers`)."""
     from stream_app.broker import bootstrap_servers
 
-    return bootstrap_servers(start_if_needed=False)
+    return bootstrap_servers(settings.bootstrap_servers)
 
 
 def client_config(settings: Settings) -> dict[str, Any]:

@@ -55,6 +55,9 @@ from typing import Any
 
 import click
 
+from stream_app.clients import SASL_MECHANISMS
+from stream_app.paths import repo_root
+
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "DEFAULT_PORT",
@@ -113,9 +116,9 @@ def kafka_dir() -> Path:
     override = _env("IMPORTANCE_KAFKA_DIR")
     if override:
         return Path(override).expanduser().resolve()
-    repo_root = Path(__file__).resolve().parent.parent
-    if (repo_root / "pyproject.toml").is_file():
-        return repo_root / ".kafka"
+    root = repo_root()
+    if root is not None:
+        return root / ".kafka"
     cache_home = _env("XDG_CACHE_HOME")
     base = Path(cache_home) if cache_home else Path.home() / ".cache"
     return base / "importance-stream" / "kafka"
@@ -334,6 +337,36 @@ def _read_pid_file(paths: _Paths) -> dict[str, Any] | None:
     return record
 
 
+def port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now (``SO_REUSEADDR``: a port whose last
+    connections linger in TIME_WAIT counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int = 2, start: int = 19392, span: int = 2000) -> int:
+    """The first port from ``start`` on (in steps of ``count``, within ``span``) that is free
+    with the ``count - 1`` ports after it: for a throwaway broker (client and controller
+    ports, and the SASL listeners' after them)."""
+    for port in range(start, start + span, count):
+        if all(port_free(port + i) for i in range(count)):
+            return port
+    raise BrokerError(f"no {count} free consecutive ports from {start} to {start + span}")
+
+
+def free_port() -> int:
+    """A port the system has free now (bound to port 0 and released), e.g. for the web
+    server of a test or benchmark worker."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -547,7 +580,6 @@ _LOG4J2_XML = """\
 """
 
 
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _SAFE_CREDENTIAL = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
 
 
@@ -583,13 +615,13 @@ class _Sasl:
 
     def properties(self) -> dict[str, str]:
         plain_users = " ".join(f'user_{name}="{pw}"' for name, pw in self.users.items())
-        props = {"sasl.enabled.mechanisms": ",".join(_SASL_MECHANISMS)}
+        props = {"sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS)}
         for listener in self.listeners():
             prefix = f"listener.name.{listener.lower()}"
             props[f"{prefix}.plain.sasl.jaas.config"] = (
                 f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
             )
-            for mechanism in _SASL_MECHANISMS[1:]:
+            for mechanism in SASL_MECHANISMS[1:]:
                 props[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;"
                 )
@@ -605,7 +637,7 @@ class _Sasl:
         """``kafka-storage format`` arguments creating the SCRAM credentials (KRaft)."""
         args = []
         for name, password in self.users.items():
-            for mechanism in _SASL_MECHANISMS[1:]:
+            for mechanism in SASL_MECHANISMS[1:]:
                 args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
         return args
 
@@ -932,9 +964,11 @@ def reset(
     return paths.data
 
 
-def bootstrap_servers(start_if_needed: bool = False) -> str:
-    """``$KAFKA_BOOTSTRAP_SERVERS`` if set, else the local broker (started if asked)."""
-    configured = _env("KAFKA_BOOTSTRAP_SERVERS")
+def bootstrap_servers(explicit: str | None = None, *, start_if_needed: bool = False) -> str:
+    """The Kafka to use, the one place that decides it: ``explicit`` (a ``--bootstrap``
+    option, the validated setting) when given, else ``$KAFKA_BOOTSTRAP_SERVERS`` if set,
+    else the local broker's address (the broker started first if asked)."""
+    configured = explicit or _env("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         return configured
     if start_if_needed:

@@ -1,4 +1,4 @@
-"""The ``importance`` command line: broker, worker, replay, score, demo."""
+"""The ``importance`` command line: broker, worker, replay, score, demo, tail, bench."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
     default=None,
     help="Salt of the sampling coin (default: IMPORTANCE_SAMPLER_SALT).",
 )
+@click.option(
+    "--sampler-features",
+    type=str,
+    default=None,
+    help="The trainer's feature groups for the fisher and leverage samplers, e.g. "
+    "item:15,category:60,hour (default: IMPORTANCE_SAMPLER_FEATURES).",
+)
 def score(
     file: Path,
     fmt: str | None,
@@ -109,6 +116,7 @@ def score(
     sampler: str | None,
     target_rate: float | None,
     salt: int | None,
+    sampler_features: str | None,
 ) -> None:
     """Score a file offline with the worker's pipeline (no Kafka) into JSON lines: score
     records, and with --training the training records of the kept examples."""
@@ -123,6 +131,7 @@ def score(
         "IMPORTANCE_SAMPLER": sampler,
         "IMPORTANCE_TARGET_KEEP_RATE": target_rate,
         "IMPORTANCE_SAMPLER_SALT": salt,
+        "IMPORTANCE_SAMPLER_FEATURES": sampler_features,
     }
     given = {k: str(v) for k, v in options.items() if v is not None}
     try:  # the options validated as the worker validates its settings
@@ -164,6 +173,7 @@ def _option_error(exc: Exception) -> str:
     import re
 
     options = {
+        "IMPORTANCE_SAMPLER_FEATURES": "--sampler-features",
         "IMPORTANCE_SAMPLER_SALT": "--salt",
         "IMPORTANCE_SAMPLER": "--sampler",
         "IMPORTANCE_TARGET_KEEP_RATE": "--target-rate",
@@ -342,7 +352,7 @@ def tail(topic: str, count: int, bootstrap: str | None) -> None:
     from stream_app.broker import bootstrap_servers
 
     settings = env_settings()
-    bootstrap = bootstrap or bootstrap_servers(start_if_needed=False)
+    bootstrap = bootstrap_servers(bootstrap)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

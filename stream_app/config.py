@@ -1,12 +1,13 @@
-"""Settings, read from environment variables (documented in the README) and validated.
+"""Settings, read from environment variables (documented in docs/configuration.md) and
+validated.
 
 :class:`Settings` is a pydantic-settings model: every field says which environment
-variable sets it, its type, its allowed range and what it means (``description``, from
-which the README's configuration table can be generated). :meth:`Settings.from_env`
-reads and checks them all at once and raises :class:`SettingsError`, one line per
-wrong variable naming the variable, the value given (never a secret's) and what is
-allowed; ``importance worker`` shows it and exits before it creates a topic or joins the
-consumer group.
+variable sets it, its type, its allowed range and what it means (``description``;
+``tests/unit/test_config.py`` checks that docs/configuration.md lists every variable
+with its default). :meth:`Settings.from_env` reads and checks them all at once and
+raises :class:`SettingsError`, one line per wrong variable naming the variable, the
+value given (never a secret's) and what is allowed; ``importance worker`` shows it and
+exits before it creates a topic or joins the consumer group.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from stream_app.clients import SASL_MECHANISMS
+from stream_app.paths import repo_root
 
 __all__ = [
     "SASL_MECHANISMS",
@@ -31,7 +35,6 @@ __all__ = [
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: fields whose values never appear in an error, a log line or the repr
 SECRET_FIELDS = frozenset({"sasl_password", "api_token", "peer_secret"})
 #: a Kafka topic name (and the app id, which prefixes internal topics and is the group)
@@ -39,12 +42,6 @@ TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 #: timers (snapshots, rolling publication) fire at most this often: shorter intervals
 #: only make Faust warn that the timer overlaps itself, many times a second
 MIN_TIMER_INTERVAL_S = 0.1
-
-
-def repo_root() -> Path | None:
-    """The checkout this package runs from, or None when installed elsewhere."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").exists() else None
 
 
 def _default_data_dir() -> str:
@@ -155,7 +152,7 @@ class Settings(BaseSettings):
     )
     importance_sampler: str = _var(
         "IMPORTANCE_SAMPLER",
-        "negative",
+        "fisher-mix",
         "label-time sampler of training examples (models/label_sampling.py)",
         "one of the samplers of models.label_sampling.SAMPLERS",
     )
@@ -166,6 +163,23 @@ class Settings(BaseSettings):
         "an integer from 0 to 2**63 - 1",
         ge=0,
         lt=2**63,
+    )
+    importance_sampler_features: str | None = _var(
+        "IMPORTANCE_SAMPLER_FEATURES",
+        None,
+        "the trainer's feature groups, each with its vocabulary's minimum count, for the "
+        "fisher and leverage samplers (unset: the engine's hashed features)",
+        "comma-separated groups of models.sampler_design.GROUPS, each optionally :N, "
+        "e.g. item:15,category:60,hour",
+    )
+    model_sync_every: int = _var(
+        "IMPORTANCE_MODEL_SYNC_EVERY",
+        10,
+        "labelled examples a partition learns between two exports of its learner's updates "
+        "to the other partitions, in this worker and (topic <app id>-model-sync) in others; "
+        "0: every partition learns alone (models/model_sync.py)",
+        "an integer >= 0",
+        ge=0,
     )
     snapshot_every: int = _var(
         "IMPORTANCE_SNAPSHOT_EVERY",
@@ -433,6 +447,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("importance_sampler_features")
+    @classmethod
+    def _sampler_features(cls, value: str | None) -> str | None:
+        from models.sampler_design import parse_design
+
+        if value is None or not value.strip():
+            return None
+        parse_design(value)
+        return value.strip()
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers(cls, value: str | None) -> str | None:
@@ -462,6 +486,15 @@ class Settings(BaseSettings):
                 f"IMPORTANCE_CLOCK_RECENT_USERS={self.clock_recent_users}; allowed: "
                 "IMPORTANCE_CLOCK_USERS <= IMPORTANCE_CLOCK_RECENT_USERS"
             )
+        if self.importance_sampler_features is not None:
+            from models.label_sampling import SAMPLERS, FisherSampler
+
+            if not issubclass(SAMPLERS[self.importance_sampler], FisherSampler):
+                raise ValueError(
+                    f"IMPORTANCE_SAMPLER_FEATURES={self.importance_sampler_features!r} is set "
+                    f"but IMPORTANCE_SAMPLER={self.importance_sampler!r} has no design; "
+                    "allowed: unset, or a fisher or leverage sampler"
+                )
         self._check_security()
         self._check_web()
         self._check_store()

@@ -44,6 +44,8 @@ from typing import Any, Literal
 
 import orjson
 
+from stream_app.paths import repo_root
+
 __all__ = [
     "OBP_WHEEL_FILES",
     "OBP_WHEEL_REQUIREMENT",
@@ -93,14 +95,6 @@ _MS = timedelta(milliseconds=1)
 
 
 # --------------------------------------------------------------------------- locations
-
-
-def repo_root() -> Path | None:
-    """The root of the source checkout this module lives in, or None when installed."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "stream_app").is_dir():
-        return root
-    return None
 
 
 def shared_data_dir() -> Path | None:

@@ -34,6 +34,11 @@ class Counters:
     clock_capped: int = 0
     snapshots: int = 0
     snapshots_restored: int = 0
+    #: learner updates exported by this worker's partitions / received from other
+    #: workers / unusable records skipped (models/model_sync.py, stream_app/model_sync.py)
+    model_sync_exported: int = 0
+    model_sync_received: int = 0
+    model_sync_skipped: int = 0
     dlq_by_code: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:

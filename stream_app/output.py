@@ -1,12 +1,12 @@
 """The hot path's producer: confluent-kafka (librdkafka) behind Faust's commit barrier.
 
-Measured on this machine (a bare Faust agent, 100,000 messages): consuming costs about
-50 µs of CPU per message, and each ``await topic.send(...)`` or table assignment another
-85–100 µs (Faust builds a future and a pending message per send and aiokafka partitions
-and batches in Python). ``confluent_kafka.Producer.produce`` costs about 1 µs. The worker
-therefore publishes scores, training samples, dead letters, re-keyed events and the
-changelogs of its tables through one :class:`Output`, and Faust stays in charge of
-consuming, of partition assignment, of table recovery and of committing offsets.
+Each ``await topic.send(...)`` or table assignment costs far more CPU than the message's
+consumption (Faust builds a future and a pending message per send and aiokafka partitions
+and batches in Python), ``confluent_kafka.Producer.produce`` a small fraction of it (the
+figures: docs/benchmarks.md, "What limits throughput"). The worker therefore publishes
+scores, training samples, dead letters, re-keyed events and the changelogs of its tables
+through one :class:`Output`, and Faust stays in charge of consuming, of partition
+assignment, of table recovery and of committing offsets.
 
 At-least-once is kept by a barrier: Faust commits an offset only after
 ``await app.producer.flush()``; :meth:`Output.install_barrier` makes that flush first wait
@@ -15,6 +15,17 @@ produced). A message that cannot be delivered (librdkafka gives up after
 ``delivery.timeout.ms``, 5 minutes by default) fails the flush, so the offset is not
 committed and the worker stops with the error: restarted, it processes those events
 again.
+
+State after outputs (``at_least_once``): the changelogs of the tables and the model
+snapshots are sent with :meth:`Output.send_state`, which holds them until the barrier
+has delivered the outputs produced before them, and only then produces them (and waits
+for them too, before the commit). The state Kafka holds therefore never reflects an
+event whose outputs may be lost: after a crash, a state change of an event not committed
+is either lost with it (and made again when the event is processed again) or durable
+together with the event's outputs. Without this order a SIGKILL could leave the
+tombstone of a pending exposure (resolved as a positive) in the changelog while its
+training record was lost in the producer's queue: processed again, the conversion found
+nothing to resolve, and the positive was never published.
 
 With ``exactly_once`` the same producer is transactional (``transactional_id``): what the
 worker produces between two commits, together with the offsets it consumed, is committed
@@ -51,6 +62,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from stream_app.clients import produce
 from stream_app.faust_internals import key_partitions
 
 __all__ = [
@@ -73,6 +85,9 @@ TRANSACTION_INIT_TIMEOUT_S = 60.0
 TRANSACTION_CALL_TIMEOUT_S = 30.0
 #: messages held while a transaction commits before :meth:`Output.send` waits
 MAX_HELD = 200_000
+#: state records held for the outputs before them (at_least_once): past this many, the
+#: sender waits for the outputs to be delivered and produces them (back-pressure)
+MAX_STATE_HELD = 100_000
 #: librdkafka's default batch.size, lowered to the smallest topic limit (see set_limits)
 DEFAULT_BATCH_BYTES = 1_000_000
 
@@ -194,6 +209,10 @@ class Output:
         #: offsets of input messages held back per (topic, partition): events whose
         #: processing failed, not yet judged; the transactional commit stops below them
         self.held: dict[tuple[str, int], set[int]] = {}
+        #: state records (changelogs, snapshots) waiting for the outputs produced before
+        #: them to be delivered (at_least_once; see send_state)
+        self._state: list[tuple[str, bytes | None, bytes | None, int]] = []
+        self._state_lock = threading.Lock()
         #: changelog topic → the local table store copying its delivered records
         #: (:class:`stream_app.local_store.LocalStore`)
         self.mirrors: dict[str, Any] = {}
@@ -359,15 +378,31 @@ class Output:
         producer = self._producer or self.producer
         self._produce(producer, topic, value, key, partition)
 
+    def send_state(
+        self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1
+    ) -> None:
+        """:meth:`send` for state (a table's changelog, a model snapshot): with
+        transactions at once (the transaction makes it atomic with the outputs), else held
+        until the outputs produced before it are delivered (the module's "state after
+        outputs"); over :data:`MAX_STATE_HELD` records, this waits for that here."""
+        if self.transactional:
+            self.send(topic, value, key, partition)
+            return
+        with self._state_lock:
+            self._state.append((topic, value, key, partition))
+            full = len(self._state) >= MAX_STATE_HELD
+        if full:
+            self.flush_sync()
+
+    def _take_state(self) -> list[tuple[str, bytes | None, bytes | None, int]]:
+        with self._state_lock:
+            state, self._state = self._state, []
+        return state
+
     def _produce(
         self, producer: Producer, topic: str, value: bytes | None, key: bytes | None, partition: int
     ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key, partition)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, value, key, partition)
         self.sent += 1
         self.in_transaction += 1
         if not self.sent & 0x3FF:
@@ -400,8 +435,22 @@ class Output:
 
         Records Kafka refused because of their content are replaced by their dead letters,
         which are delivered before this returns."""
+        state = self._take_state()  # held before the outputs this flush delivers
         if self._producer is None:
-            return
+            if not state:
+                return
+            self.producer  # noqa: B018 (created here: the state is its first message)
+        self._deliver(timeout)
+        if state:
+            producer = self.producer
+            for topic, value, key, partition in state:
+                self._produce(producer, topic, value, key, partition)
+            self._deliver(timeout)
+        if self.mirrors and not self.transactional:
+            self.persist_mirrors()  # acks=all: delivered is durable
+
+    def _deliver(self, timeout: float | None) -> None:
+        assert self._producer is not None
         for _ in range(4):  # refused records, alone again, their dead letters
             remaining = self._producer.flush() if timeout is None else self._producer.flush(timeout)
             if not self._produce_replacements():
@@ -409,8 +458,6 @@ class Output:
         self.raise_for_errors()
         if remaining:
             raise DeliveryError(f"{remaining} messages still undelivered after {timeout} s")
-        if self.mirrors and not self.transactional:
-            self.persist_mirrors()  # acks=all: delivered is durable
 
     def _produce_replacements(self) -> int:
         """Deal with the records refused since the last call: each is produced again
@@ -438,7 +485,7 @@ class Output:
         if self.failed is not None:
             raise WorkerFailed(f"not committing: {self.failed}")
         if (self._producer is None or len(self._producer) == 0) and not (
-            self._refused or self._refused_alone
+            self._refused or self._refused_alone or self._state
         ):
             self.raise_for_errors()
             if self.mirrors and not self.transactional:
@@ -594,7 +641,7 @@ class ChangelogStore(MutableMapping[Any, Any]):
             store[key] = value
             if key_partition is not None:
                 key_partition[key] = partition  # dropped with the partition on revoke
-        self.output.send(
+        self.output.send_state(
             self._topic().get_topic_name(),
             self._value_bytes(value),
             self._key_bytes(key),

@@ -17,6 +17,8 @@ from typing import Any
 import click
 import orjson
 
+from stream_app.clients import produce
+
 __all__ = [
     "PRODUCER_DEFAULTS",
     "BrokerUnreachableError",
@@ -170,7 +172,6 @@ def replay(
     )
     bucket = TokenBucket(rate) if rate else None
     dumps = orjson.dumps
-    produce = producer.produce
     poll = producer.poll
     produced = 0
     pending_bar = 0
@@ -188,12 +189,7 @@ def replay(
                 key = None if k is None else str(k)
             if bucket is not None:
                 bucket.acquire()
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    poll(0.05)  # local queue full: let librdkafka drain it
+            produce(producer, topic, value, key, on_delivery=on_delivery)
             produced += 1
             if produced % _POLL_EVERY == 0:
                 poll(0)
@@ -259,20 +255,10 @@ def infer_format(path: str | os.PathLike[str]) -> str:
 
 
 def _resolve_bootstrap(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env:
-        return env
+    from stream_app import broker
+
     try:
-        from stream_app import broker  # lazy: written in parallel, may be absent
-    except ImportError as exc:
-        raise click.ClickException(
-            "no broker given: pass --bootstrap or set KAFKA_BOOTSTRAP_SERVERS "
-            f"(stream_app.broker unavailable: {exc})"
-        ) from exc
-    try:
-        return broker.bootstrap_servers(start_if_needed=False)
+        return broker.bootstrap_servers(explicit)
     except Exception as exc:
         raise click.ClickException(
             "no broker given and none found running: pass --bootstrap, set "

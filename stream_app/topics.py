@@ -13,6 +13,7 @@ __all__ = [
     "MODEL_STATE_MAX_BYTES",
     "ensure_topics",
     "model_state_topic",
+    "model_sync_topic",
     "partition_counts",
     "topic_limits",
 ]
@@ -29,6 +30,16 @@ partition_counts: dict[str, int] = {}
 def model_state_topic(settings: Settings) -> str:
     """Compacted topic holding per-partition model snapshots."""
     return f"{settings.app_id}-model-state"
+
+
+def model_sync_topic(settings: Settings) -> str:
+    """Topic of the learners' updates shared between workers (short retention: an update
+    is useful for seconds)."""
+    return f"{settings.app_id}-model-sync"
+
+
+#: retention of the model-sync topic (its records are read within seconds, or never)
+MODEL_SYNC_RETENTION_MS = 10 * 60 * 1000
 
 
 def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> list[str]:
@@ -49,6 +60,7 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> 
             "cleanup.policy": "compact",
             "max.message.bytes": str(MODEL_STATE_MAX_BYTES),
         },
+        model_sync_topic(settings): {"retention.ms": str(MODEL_SYNC_RETENTION_MS)},
     }
     admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_client_config()})
     failure = None

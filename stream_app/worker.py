@@ -168,10 +168,9 @@ def tune_gc() -> None:
 
     The worker allocates a few hundred objects per event and keeps millions alive
     (pending labels, rolling panes, models), so the default thresholds run the cyclic
-    collector several hundred times a second over a growing heap. Measured with
-    ``importance bench speed --system ours --events 100000``: 3,062 → 3,428 events/s
-    (353 → 316 CPU µs/event); raising them further gained little more. The objects
-    created at start-up are frozen out of every collection.
+    collector several hundred times a second over a growing heap; with these thresholds
+    ``importance bench speed --system ours`` is faster, and raising them further gained
+    little more. The objects created at start-up are frozen out of every collection.
     """
     gc.collect()
     gc.freeze()
@@ -179,8 +178,9 @@ def tune_gc() -> None:
 
 
 def use_uvloop() -> bool:
-    """Run on uvloop when it is installed (about 20 % less CPU per consumed message than
-    asyncio's own loop, measured here). Must run before the app gets its event loop."""
+    """Run on uvloop when it is installed (less CPU per consumed message than asyncio's
+    own loop: docs/benchmarks.md, "What limits throughput"). Must run before the app gets
+    its event loop."""
     try:
         import mode.loop
         import uvloop  # noqa: F401

@@ -15,13 +15,12 @@ the window has seen?) and *disagreement* (do its neighbours disagree about the
 label?).
 
 Both classes serialise to plain JSON-safe dicts (``to_state`` / ``from_state``);
-arrays are stored as base64 of their little-endian bytes plus a shape.  Pickle is
-never used.
+arrays are encoded by :func:`models.state.encode_array` (base64 of their little-endian
+bytes, dtype and shape).  Pickle is never used.
 """
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 from river import base
+
+from models.state import StateError, decode_array, encode_array
 
 __all__ = ["FastKNNClassifier", "KNNImportance"]
 
@@ -43,7 +44,13 @@ __all__ = ["FastKNNClassifier", "KNNImportance"]
 _MARGIN = 8
 _F32_EPS = float(np.finfo(np.float32).eps)
 
+#: layout of a :class:`KNNImportance` state
 _STATE_VERSION = 1
+#: layout of a :class:`FastKNNClassifier` state. 2: arrays as
+#: :func:`models.state.encode_array` writes them; 1 (still read): ``{"dtype": "<f4",
+#: "shape", "data"}``
+_CLASSIFIER_STATE_VERSION = 2
+_V1_DTYPES = {"<f4": "float32", "|u1": "uint8", "<i8": "int64"}
 #: operations searched together by :meth:`KNNImportance.run` (bounds its score matrix)
 _CHUNK = 256
 #: fewer operations than this are searched one by one by :meth:`KNNImportance.run`
@@ -53,31 +60,20 @@ _GROUP = 32
 
 
 # ---------------------------------------------------------------------------
-# JSON-safe array encoding
+# arrays of the state
 # ---------------------------------------------------------------------------
 
 
-def _encode_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
-    """Encode ``arr`` as ``{"dtype", "shape", "data"}`` with base64 little-endian bytes."""
-    a = np.ascontiguousarray(arr, dtype=np.dtype(dtype))
-    return {
-        "dtype": dtype,
-        "shape": [int(s) for s in a.shape],
-        "data": base64.b64encode(a.tobytes()).decode("ascii"),
-    }
-
-
-def _decode_array(obj: Mapping[str, Any], dtype: str) -> np.ndarray:
-    """Inverse of :func:`_encode_array`; checks the dtype tag and the byte count."""
-    if obj.get("dtype") != dtype:
-        raise ValueError(f"expected an array of dtype {dtype!r}, got {obj.get('dtype')!r}")
-    shape = tuple(int(s) for s in obj["shape"])
-    raw = base64.b64decode(obj["data"].encode("ascii"), validate=True)
-    dt = np.dtype(dtype)
-    if len(raw) != dt.itemsize * math.prod(shape):
-        raise ValueError(f"array data has {len(raw)} bytes, expected shape {shape} of {dtype}")
-    # frombuffer gives a read-only view on the bytes; copy into native byte order.
-    return np.frombuffer(raw, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=True)
+def _decode_array(obj: Any, dtype: str, version: int) -> np.ndarray:
+    """:func:`models.state.decode_array` of ``obj``, which must hold ``dtype`` (a version 1
+    state's array is read through its earlier key names)."""
+    if version == 1 and isinstance(obj, Mapping):
+        tag = obj.get("dtype")
+        obj = {"dtype": _V1_DTYPES.get(tag, tag), "shape": obj.get("shape"), "b64": obj.get("data")}
+    array = decode_array(obj)
+    if array.dtype.name != dtype:
+        raise StateError(f"expected an array of dtype {dtype!r}, got {array.dtype.name!r}")
+    return array
 
 
 def _sorted_keys(x: Mapping[Any, Any]) -> tuple:
@@ -452,7 +448,7 @@ class FastKNNClassifier(base.Classifier):
         n = self._n
         state: dict[str, Any] = {
             "type": "FastKNNClassifier",
-            "version": _STATE_VERSION,
+            "version": _CLASSIFIER_STATE_VERSION,
             "params": {
                 "n_neighbors": self.n_neighbors,
                 "window_size": self.window_size,
@@ -468,10 +464,10 @@ class FastKNNClassifier(base.Classifier):
             "sq_max": self._sq_max,
         }
         if self._X is not None:
-            state["X"] = _encode_array(self._X[:n], "<f4")
-            state["sqnorm"] = _encode_array(self._sq[:n], "<f4")
-            state["labels"] = _encode_array(self._y[:n], "|u1")
-            state["ids"] = _encode_array(self._ids[:n], "<i8")
+            state["X"] = encode_array(self._X[:n].astype(np.float32, copy=False))
+            state["sqnorm"] = encode_array(self._sq[:n].astype(np.float32, copy=False))
+            state["labels"] = encode_array(self._y[:n].astype(np.uint8, copy=False))
+            state["ids"] = encode_array(self._ids[:n].astype(np.int64, copy=False))
         return state
 
     @classmethod
@@ -479,8 +475,9 @@ class FastKNNClassifier(base.Classifier):
         """Rebuild a classifier from :meth:`to_state` output; predictions are identical."""
         if state.get("type") != "FastKNNClassifier":
             raise ValueError(f"not a FastKNNClassifier state: type={state.get('type')!r}")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported FastKNNClassifier state version {state.get('version')}")
+        version = state.get("version")
+        if version not in (1, _CLASSIFIER_STATE_VERSION):
+            raise ValueError(f"unsupported FastKNNClassifier state version {version}")
         model = cls(**state["params"])
         names = _check_json_feature_names(state.get("feature_names"))
         if names is not None and model._feats is None:
@@ -499,15 +496,15 @@ class FastKNNClassifier(base.Classifier):
             elif model._d != d:
                 raise ValueError(f"state dim {d} does not match {model._d} features")
             if "X" in state:
-                X = _decode_array(state["X"], "<f4")
+                X = _decode_array(state["X"], "float32", version)
                 if X.shape != (n, d):
                     raise ValueError(f"state X has shape {X.shape}, expected {(n, d)}")
                 model._X[:n] = X
                 model._X64[:n] = X
                 model._Xm2[:n] = X * np.float32(-2.0)
-                model._sq[:n] = _decode_array(state["sqnorm"], "<f4")
-                model._y[:n] = _decode_array(state["labels"], "|u1")
-                model._ids[:n] = _decode_array(state["ids"], "<i8")
+                model._sq[:n] = _decode_array(state["sqnorm"], "float32", version)
+                model._y[:n] = _decode_array(state["labels"], "uint8", version)
+                model._ids[:n] = _decode_array(state["ids"], "int64", version)
             elif n:
                 raise ValueError("state has stored examples but no arrays")
         elif n:

@@ -154,6 +154,17 @@ class HashedLogisticRegression(base.Classifier):
         self._w = w.tolist()
 
     @property
+    def weights(self) -> list[float]:
+        """The weights themselves (a flat list: read, do not resize)."""
+        return self._w
+
+    def add_weights(self, idx: np.ndarray, values: np.ndarray) -> None:
+        """``w[idx] += values`` (another model's updates, :mod:`models.model_sync`)."""
+        w = self._w
+        for j, v in zip(idx.tolist(), values.tolist(), strict=True):
+            w[j] += v
+
+    @property
     def n_weights(self) -> int:
         """How many weights are non-zero."""
         return int(np.count_nonzero(self.weights_array()))

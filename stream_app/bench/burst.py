@@ -162,7 +162,7 @@ def main(bootstrap: str | None, factor: float, seconds: float, calibrate: int, p
 
     # SIGTERM ends the run through its `finally` (the worker is stopped, files removed)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    bootstrap = bootstrap or bootstrap_servers(start_if_needed=True)
+    bootstrap = bootstrap_servers(bootstrap, start_if_needed=True)
     result = run_burst(
         bootstrap, factor=factor, seconds=seconds, calibrate=calibrate, partitions=partitions
     )

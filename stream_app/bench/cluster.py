@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +25,14 @@ from typing import Any
 
 import orjson
 
+from models.progressive import auc as roc_auc
+from stream_app.broker import free_port
+from stream_app.clients import produce as produce_one
+
 __all__ = [
     "Collector",
     "Worker",
     "auc",
-    "free_port",
     "group_lag",
     "isolated_env",
     "isolation_for",
@@ -46,12 +48,6 @@ BASE_TS = 1_700_000_000
 #: broker) go here instead of stderr; errors surface through the clients' APIs anyway.
 _librdkafka_log = logging.getLogger("stream_app.bench.librdkafka")
 _librdkafka_log.setLevel(logging.CRITICAL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def isolated_env(
@@ -255,17 +251,9 @@ def produce(
             ahead = start + i / rate - time.perf_counter()
             if ahead > 0:
                 time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    value=orjson.dumps(event),
-                    key=str(event["user_id"]).encode(),
-                    on_delivery=report,
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_one(
+            producer, topic, orjson.dumps(event), str(event["user_id"]).encode(), on_delivery=report
+        )
         sent += 1
         if sent % 256 == 0:
             producer.poll(0)
@@ -428,26 +416,10 @@ def labelled_events(n: int, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def auc(scores: Iterable[float], labels: Iterable[int]) -> float:
-    """Area under the ROC curve (Mann–Whitney, ties averaged); nan without both classes."""
-    import numpy as np
-
-    s = np.asarray(list(scores), dtype=float)
-    y = np.asarray(list(labels), dtype=int)
-    pos = int(y.sum())
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=float)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    """:func:`models.progressive.auc` (Mann–Whitney, ties averaged); nan without both
+    classes."""
+    value = roc_auc(scores, labels)
+    return float("nan") if value is None else value
 
 
 def progressive_auc(

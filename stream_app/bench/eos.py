@@ -126,7 +126,7 @@ def main(bootstrap: str | None, events: int, timeout: float) -> None:
     from stream_app.broker import bootstrap_servers
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    run_eos(bootstrap or bootstrap_servers(start_if_needed=True), events, timeout)
+    run_eos(bootstrap_servers(bootstrap, start_if_needed=True), events, timeout)
 
 
 if __name__ == "__main__":

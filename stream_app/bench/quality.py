@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 BUDGETS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.10, 0.25)
+#: suffix of a sampler run with ``IMPORTANCE_SAMPLER_FEATURES`` = the trainer's design
+TRAINER_FEATURES = " (trainer's features)"
 ONLINE_SAMPLERS: tuple[str, ...] = (
     "negative",
     "uniform",
@@ -74,6 +76,10 @@ ONLINE_SAMPLERS: tuple[str, ...] = (
     "fisher-mix",
     "leverage",
     "leverage-mix",
+    "fisher" + TRAINER_FEATURES,
+    "fisher-mix" + TRAINER_FEATURES,
+    "leverage" + TRAINER_FEATURES,
+    "leverage-mix" + TRAINER_FEATURES,
 )
 #: rules applied with a pilot fitted offline on the known model's one-hot features
 OFFLINE_RULES: tuple[str, ...] = ("pos", "fisher", "fisher-mix")
@@ -300,16 +306,31 @@ def online_pass(
     budgets: Sequence[float],
     samplers: Sequence[str] = ONLINE_SAMPLERS,
     partitions: Sequence[int] | None = None,
+    events: Sequence[Event] | None = None,
+    features: str | None = None,
+    sync_every: int | None = None,
 ) -> OnlinePass:
     """Feed a stream of labelled examples through the worker's online learner and one
     product sampler per (name, budget), as the worker does: each example's ``p̂`` is the
     learner's before it learned the label; the sampler decides, then the learner learns.
 
-    The keep probabilities do not depend on the coin (a sampler's state is updated with
-    every labelled example, kept or not), so one pass serves every salt. With
-    ``partitions`` (the partition of each example), every partition has its own learner
-    and samplers, as the worker's partitions do.
+    A name ending in :data:`TRAINER_FEATURES` is that sampler with
+    ``IMPORTANCE_SAMPLER_FEATURES=features`` (the trainer's design; ``events`` are the
+    examples' events), the others measure the engine's hashed features. The keep
+    probabilities do not depend on the coin (a sampler's state is updated with every
+    labelled example, kept or not), so one pass serves every salt. With ``partitions``
+    (the partition of each example), every partition has its own learner and samplers,
+    as the worker's partitions do; with ``sync_every`` too, they share their learners'
+    updates every ``sync_every`` labelled examples of each partition
+    (:mod:`models.model_sync`, as the worker's ``IMPORTANCE_MODEL_SYNC_EVERY``): at its
+    export, a partition adds the deltas the others exported since its last one.
+
+    The columns are computed once per example for all samplers of one design (the same
+    as each sampler's own ``decide_event``: a design's counts depend only on the events).
     """
+    from models.label_sampling import FisherSampler
+    from models.model_sync import WeightSharing
+    from models.sampler_design import SamplerDesign, intercept_bucket
     from models.scorers.logistic import HashedLogistic
 
     started = time.perf_counter()
@@ -317,22 +338,51 @@ def online_pass(
     part = np.zeros(n, dtype=np.int64) if partitions is None else np.asarray(partitions)
     n_parts = int(part.max()) + 1 if n else 1
     learners = [HashedLogistic().model for _ in range(n_parts)]
+    sharing = [WeightSharing(m) for m in learners] if sync_every and n_parts > 1 else None
+    since, cursor = [0] * n_parts, [0] * n_parts
+    log: list[tuple[int, Any]] = []
     keys = [(m, b) for m in samplers for b in budgets]
-    inst = [
-        [(key, make_sampler(key[0], target_rate=key[1])) for key in keys] for _ in range(n_parts)
-    ]
+    with_design = any(m.endswith(TRAINER_FEATURES) for m in samplers)
+    if with_design and (features is None or events is None):
+        raise ValueError("samplers with the trainer's features need `features` and `events`")
+
+    def build(key: tuple[str, float]) -> tuple[tuple[str, float], Any, int]:
+        m, b = key
+        if m.endswith(TRAINER_FEATURES):
+            sampler = make_sampler(m.removesuffix(TRAINER_FEATURES), b, features=features)
+            return key, sampler, 2
+        sampler = make_sampler(m, target_rate=b)
+        return key, sampler, int(isinstance(sampler, FisherSampler))
+
+    inst = [[build(key) for key in keys] for _ in range(n_parts)]
+    designs = [SamplerDesign(features, HASH_BITS) if with_design else None for _ in range(n_parts)]
+    intercept = intercept_bucket(HASH_BITS)
     out = {k: (np.empty(n), np.empty(n), np.empty(n)) for k in keys}
     p_hat = np.empty(n)
     for i in range(n):
         x, label, eid, j = xs[i], int(y[i]), ids[i], int(part[i])
-        learner = learners[j]
+        learner, design = learners[j], designs[j]
         p = learner.predict_proba_one(x)[True]
         p_hat[i] = p
-        for key, sampler in inst[j]:
-            d = sampler.decide(eid, label, p, x)
+        cols = (x, {**x, intercept: 1.0}, design.encode(events[i]) if design else None)
+        for key, sampler, kind in inst[j]:
+            d = sampler.decide(eid, label, p, cols[kind])
             arr = out[key]
             arr[0][i], arr[1][i], arr[2][i] = d.pi, d.pi_negative, d.pi_positive
+        if design is not None:
+            design.observe(events[i])
+        if sharing is not None:
+            sharing[j].touch(x)
         learner.learn_one(x, bool(label))
+        if sharing is not None and sync_every is not None:
+            since[j] += 1
+            if since[j] >= sync_every:
+                since[j] = 0
+                log.append((j, sharing[j].export()))
+                for origin, delta in log[cursor[j] :]:
+                    if origin != j:
+                        sharing[j].apply(delta)
+                cursor[j] = len(log)
     pi: dict[str, dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for (m, b), arrs in out.items():
         pi.setdefault(m, {})[b] = arrs
@@ -433,6 +483,9 @@ class Population:
     beta: np.ndarray
     b: float
     groups: dict[str, int] = field(default_factory=dict)  # group → number of columns
+    #: the trainer's design as ``IMPORTANCE_SAMPLER_FEATURES`` says it (what of it the
+    #: events carry: groups, and the minimum counts of the pooling)
+    features: str | None = None
 
     @property
     def p(self) -> np.ndarray:
@@ -502,10 +555,14 @@ def _population(
     sigma: dict[str, float],
     min_count: int,
     seed: int = 20240610,
+    features: str | None = None,
 ) -> Population:
     x, sizes, _names = _one_hot(rows, min_count)
     beta, b = _true_model(x, sizes, sigma, seed, POSITIVE_RATE)
-    return Population(key=key, title=title, x=x, events=events, beta=beta, b=b, groups=sizes)
+    return Population(
+        key=key, title=title, x=x, events=events, beta=beta, b=b, groups=sizes,
+        features=features,
+    )  # fmt: skip
 
 
 def open_bandit_population(path: Path) -> Population:
@@ -518,7 +575,7 @@ def open_bandit_population(path: Path) -> Population:
     sigma = {"item": 1.0, "pos": 0.5, "user": 1.0}
     return _population(
         "openbandit", "Open Bandit sample rows (item, position, user)", events, rows,
-        sigma, min_count=1,
+        sigma, min_count=1, features="item,position,user",
     )  # fmt: skip
 
 
@@ -550,7 +607,7 @@ def taobao_population(path: Path) -> Population:
     sigma = {"cat": 1.0, "item": 1.0, "hour": 0.3, "act": 0.5}
     return _population(
         "taobao", "Taobao slice view rows (category, item, hour, user activity)", events, rows,
-        sigma, min_count=1,
+        sigma, min_count=1, features="category:60,item:15,hour",
     )  # fmt: skip
 
 
@@ -576,7 +633,10 @@ def synthetic_population(n_rows: int = 2000, n_items: int = 40, seed: int = 3) -
         rows.append({"item": str(item), "pos": str(pos), "user": str(user % 10)})
     events = [validate_event(r, now=math.inf) for r in raw]
     sigma = {"item": 1.0, "pos": 0.5, "user": 0.5}
-    return _population("synthetic", "synthetic rows", events, rows, sigma, min_count=1, seed=seed)
+    return _population(
+        "synthetic", "synthetic rows", events, rows, sigma, min_count=1, seed=seed,
+        features="item,position",
+    )  # fmt: skip
 
 
 @dataclass
@@ -622,17 +682,19 @@ def run_semi_synthetic(
     xs = [pool_x[r] for r in rows]
     ids = [f"{pop.key}-{i}" for i in range(cfg.n_events)]
     imp = None
+    stream_events = [pop.events[r] for r in rows]
     if cfg.prelabel:
         t0 = time.perf_counter()
         y0 = (np.random.default_rng(1000).random(cfg.n_events) < p_true[rows]).astype(int)
-        stream_events = [pop.events[r] for r in rows]
         imp = prelabel_importance(stream_events, list(y0))
         log(f"  {pop.key}: pre-label engine pass {time.perf_counter() - t0:.0f} s")
     records: list[dict[str, Any]] = []
     online_seconds = 0.0
     for s in range(cfg.streams):
         y = (np.random.default_rng(1000 + s).random(cfg.n_events) < p_true[rows]).astype(int)
-        op = online_pass(xs, y, ids, cfg.budgets, cfg.samplers)
+        op = online_pass(
+            xs, y, ids, cfg.budgets, cfg.samplers, events=stream_events, features=pop.features
+        )
         online_seconds += op.seconds
         pis = dict(op.pi)
         if cfg.offline:
@@ -796,7 +858,9 @@ class RealConfig:
     budgets: Sequence[float] = BUDGETS
     salts: int = 10
     l2: float = L2_REAL
-    samplers: Sequence[str] = ONLINE_SAMPLERS
+    #: the downstream model is fitted on the engine's hashed features, so the samplers'
+    #: default design is the trainer's: no ``(trainer's features)`` rows here
+    samplers: Sequence[str] = tuple(m for m in ONLINE_SAMPLERS if not m.endswith(TRAINER_FEATURES))
     prelabel: bool = True
     limit: int | None = None
 
@@ -1045,34 +1109,47 @@ def user_partition(user_id: str, n_parts: int) -> int:
     return zlib.crc32(user_id.encode()) % n_parts
 
 
+#: labelled examples per partition between two exports of its learner's updates
+SYNC_EVERY = 10  # the worker's default IMPORTANCE_MODEL_SYNC_EVERY
+
+
 def run_partitions(
     pop: Population,
     parts: Sequence[int] = (1, 4, 8),
     budgets: Sequence[float] = (0.03, 0.05),
-    samplers: Sequence[str] = ("negative", "fisher", "fisher-mix"),
+    samplers: Sequence[str] = ("negative", "fisher-mix", "fisher-mix" + TRAINER_FEATURES),
     l2: Sequence[float] = (1e-4, 0.01),
     streams: int = 5,
     n_events: int = STREAM_EVENTS,
+    sync_every: int = SYNC_EVERY,
     log: Callable[[str], None] = lambda _s: None,
 ) -> dict[str, Any]:
     """Issue item 6: with users hashed to ``P`` partitions and a learner and samplers per
     partition, the progressive AUC of ``p̂`` (each example scored before its label was
-    learned) and the samplers' excess log-loss (offset fit of the pooled sample)."""
+    learned) and the samplers' excess log-loss (offset fit of the pooled sample); for
+    ``P > 1`` twice: each partition learning alone, and the partitions sharing their
+    learners' updates every ``sync_every`` examples (:mod:`models.model_sync`)."""
     rows = np.random.default_rng(7).integers(0, pop.x.shape[0], n_events)
     p_true = pop.p
     x_stream = pop.x[rows]
     pool_x = [hashed_features(ev, HASH_BITS) for ev in pop.events]
     xs = [pool_x[r] for r in rows]
     ids = [f"{pop.key}-{i}" for i in range(n_events)]
+    stream_events = [pop.events[r] for r in rows]
     out: list[dict[str, Any]] = []
-    for n_parts in parts:
+    configs = [(n, False) for n in parts] + [(n, True) for n in parts if n > 1]
+    for n_parts, shared in configs:
         part = np.array([user_partition(pop.events[r].user_id, n_parts) for r in rows])
         for s in range(streams):
             y = (np.random.default_rng(1000 + s).random(n_events) < p_true[rows]).astype(int)
-            op = online_pass(xs, y, ids, budgets, samplers, partitions=part)
+            op = online_pass(
+                xs, y, ids, budgets, samplers, partitions=part,
+                events=stream_events, features=pop.features,
+                sync_every=sync_every if shared else None,
+            )  # fmt: skip
             half = n_events // 2
             base = {
-                "parts": n_parts, "stream": s, "salt": s,
+                "parts": n_parts, "shared": shared, "stream": s, "salt": s,
                 "auc": auc_score(y, op.p_hat), "auc_late": auc_score(y[half:], op.p_hat[half:]),
                 "auc_true": auc_score(y, p_true[rows]),
             }  # fmt: skip
@@ -1089,32 +1166,38 @@ def run_partitions(
                                     "kept": float(keep.mean()),
                                     **_semi_metrics(pop, p_true, beta, b0)}
                         )  # fmt: skip
-            log(f"  partitions {n_parts}: stream {s + 1}/{streams}")
-    return {"records": out, "title": pop.title}
+            how = "shared" if shared else "alone"
+            log(f"  partitions {n_parts} ({how}): stream {s + 1}/{streams}")
+    return {"records": out, "title": pop.title, "sync_every": sync_every}
 
 
 def partitions_md(res: dict[str, Any]) -> str:
     """A table of the partition measurement."""
     recs = res["records"]
+    methods = list(dict.fromkeys(r["method"] for r in recs))
     lines = [
         f"Population: {res['title']}; offset fits; excess log-loss ×10⁻⁴ (mean over "
         f"{len({r['stream'] for r in recs})} label draws) and the ratio to `negative` with the "
         "same partitions; AUC of p̂ progressive (scored before learning), whole stream / "
-        "second half.",
+        "second half. *shared*: the partitions' learners share their updates every "
+        f"{res.get('sync_every', SYNC_EVERY)} labelled examples of each partition "
+        "(`IMPORTANCE_MODEL_SYNC_EVERY`); *alone*: each partition learns from its users only.",
         "",
-        "| partitions | progressive AUC | L2 | budget | negative | fisher | fisher-mix |",
-        "|---|---|---|---|---|---|---|",
+        "| partitions | learners | progressive AUC | L2 | budget | " + " | ".join(methods) + " |",
+        "|---|---|---|---|---|" + "---|" * len(methods),
     ]
-    for n_parts in sorted({r["parts"] for r in recs}):
-        sel = [r for r in recs if r["parts"] == n_parts]
+    configs = sorted({(r["parts"], r.get("shared", False)) for r in recs})
+    for n_parts, shared in configs:
+        sel = [r for r in recs if r["parts"] == n_parts and r.get("shared", False) == shared]
         auc = float(np.mean([r["auc"] for r in sel]))
         late = float(np.mean([r["auc_late"] for r in sel]))
+        how = "one" if n_parts == 1 else ("shared" if shared else "alone")
         for lam in sorted({r["l2"] for r in sel}):
             for b in sorted({r["budget"] for r in sel}):
                 cells = []
                 base = _select(sel, l2=lam, budget=b, method="negative")
                 mb = float(np.mean([r["excess"] for r in base]))
-                for m in ("negative", "fisher", "fisher-mix"):
+                for m in methods:
                     rows = _select(sel, l2=lam, budget=b, method=m)
                     if not rows:
                         cells.append("")
@@ -1125,7 +1208,7 @@ def partitions_md(res: dict[str, Any]) -> str:
                     )
                     cells.append(f"{mm * 1e4:.1f} ({mm / mb:.2f}×, {_ci(d, 1e4, 1)})")
                 lines.append(
-                    f"| {n_parts} | {auc:.3f} / {late:.3f} | {lam:g} | {_pct(b)} | "
+                    f"| {n_parts} | {how} | {auc:.3f} / {late:.3f} | {lam:g} | {_pct(b)} | "
                     + " | ".join(cells)
                     + " |"
                 )
@@ -1200,9 +1283,16 @@ def render(results: dict[str, Any]) -> str:
         "a constant rate; `uniform` keeps every example at the same rate; `pos` keeps "
         "negatives ∝ p̂·√(1−p̂) (P-OS, Wang, Zhang & Wang 2021); `fisher` ∝ "
         "p̂·√(1−p̂)·‖D̂⁻¹x‖ and `leverage` ∝ p̂·√(1−p̂)·√(xᵀD̂⁻¹x), D̂ the online diagonal of "
-        "the Fisher information per hash bucket; `-mix` is half that rule, half the "
-        "constant rate. All are tuned online to the target kept fraction and keep every "
-        "positive. *(offline pilot)* rows apply the rule with a pilot model fitted "
+        "the Fisher information per column (an intercept column included); `-mix` is half "
+        "that rule, half the constant rate (`fisher-mix` is the default). All are tuned "
+        "online to the target kept fraction and keep every positive. Without a suffix the "
+        "Fisher rules measure the engine's hashed features; *(trainer's features)* rows are "
+        "the same samplers told the trainer's design with `IMPORTANCE_SAMPLER_FEATURES` "
+        "(Open Bandit: `item,position,user`; Taobao: `category:60,item:15,hour`, the "
+        "trainer's pooling of rare levels; its user-activity group is no event field, so "
+        "the sampler does not see it). On the real data the downstream model is fitted on "
+        "the engine's hashed features, so there the plain rows are the trainer's design. "
+        "*(offline pilot)* rows apply the rule with a pilot model fitted "
         "beforehand on an independent stream and the known model's one-hot features; "
         f"*{PRELABEL}* is `models.sampling.ImportanceSampler` on the engine's importance "
         "(decided before the label, weights 1/π), at a matched kept fraction.",
@@ -1566,12 +1656,14 @@ def quality_cmd(
         streams, coins, salts, events = 2, 1, 2, min(events, 20_000)
     if part == "partitions":
         from stream_app.bench import update_doc_section
-        from stream_app.datasets import open_bandit_path
+        from stream_app.datasets import open_bandit_path, taobao_path
 
         load = os.getloadavg()[0]
         started = time.perf_counter()
         pres = run_partitions(
-            open_bandit_population(open_bandit_path()),
+            taobao_population(taobao_path())
+            if dataset == "taobao"
+            else open_bandit_population(open_bandit_path()),
             streams=streams,
             n_events=events,
             log=click.echo,

@@ -173,7 +173,7 @@ def main(
     from stream_app.broker import bootstrap_servers
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    bootstrap = bootstrap or bootstrap_servers(start_if_needed=True)
+    bootstrap = bootstrap_servers(bootstrap, start_if_needed=True)
     results = run_scaling(bootstrap, counts, events, partitions, repeat, guarantees)
     base: dict[str, float] = {}
     for r in results:

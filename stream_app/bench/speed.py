@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -163,23 +162,6 @@ def git_commit(where: Path | None = None) -> str | None:
 # --------------------------------------------------------------------------- Kafka helpers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_pair_free(port: int) -> bool:
-    for p in (port, port + 1):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-    return True
-
-
 @contextlib.contextmanager
 def broker_for(cfg: SpeedConfig) -> Iterator[str]:
     """The configured/``KAFKA_BOOTSTRAP_SERVERS`` broker, else a throwaway local one."""
@@ -190,9 +172,7 @@ def broker_for(cfg: SpeedConfig) -> Iterator[str]:
     from stream_app import broker
 
     state = tempfile.mkdtemp(prefix="bench-broker-")
-    port = cfg.broker_port
-    while not _port_pair_free(port):
-        port += 2
+    port = broker.free_ports(2, cfg.broker_port)
     cfg.log(f"starting a Kafka broker on port {port} (state in {state})")
     bootstrap = broker.start(port=port, state=state)
     try:
@@ -432,6 +412,8 @@ def _start(kind: str, run: str, bootstrap: str, cfg: SpeedConfig, workdir: Path)
     }
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"}
     if kind in ("ours", "faust-floor"):
+        from stream_app.broker import free_port
+
         env |= {
             "IMPORTANCE_APP_ID": prefix,
             "IMPORTANCE_TOPIC_EVENTS": topics["events"],
@@ -440,7 +422,7 @@ def _start(kind: str, run: str, bootstrap: str, cfg: SpeedConfig, workdir: Path)
             "IMPORTANCE_TOPIC_TRAINING": topics["training"],
             "IMPORTANCE_PARTITIONS": str(PARTITIONS),
             "IMPORTANCE_DATA_DIR": str(workdir / "worker"),
-            "IMPORTANCE_WEB_PORT": str(_free_port()),
+            "IMPORTANCE_WEB_PORT": str(free_port()),
             **cfg.worker_env,
         }
         cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "info"]

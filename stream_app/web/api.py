@@ -538,9 +538,9 @@ def consumer_lag() -> dict[str, Any]:
 def model_updates() -> tuple[int, list[int]]:
     """Labelled events the local partitions' learners learned from, and those partitions."""
     try:
-        from agents.score import models
+        from agents.score import partition_models
 
-        snapshot = list(models.items())
+        snapshot = list(partition_models.items())
         return sum(m.engine.updates for _, m in snapshot), sorted(p for p, _ in snapshot)
     except Exception:  # the scoring agent is not loaded in this process
         return 0, []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from stream_app.bench.cluster import wait_worker_ready
+from stream_app.broker import free_port
 from stream_app.config import Settings
 from stream_app.topics import ensure_topics
 
@@ -42,12 +42,6 @@ def bootstrap() -> Iterator[str]:
     yield address
     if not was_running:
         broker.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -21,6 +21,11 @@
   recovery notices its end half a second late, so such a fetch is always asked); and
   Faust's end of recovery (its ``on_rebalance_complete`` signal) takes two seconds, so
   those records come back before the input partitions are resumed, and Faust skips them.
+* ``stuck-topic``: nothing fails, but the records the output producer sends to the topic
+  ``TEST_STUCK_TOPIC`` wait in a librdkafka queue that cannot deliver (its producer's
+  broker address has nothing listening) while every other record is delivered: the
+  state of a crash in which one output's batch was still in flight while others were
+  durable.
 
 Nothing of this is in the product: the worker it runs is the real one.
 """
@@ -67,6 +72,39 @@ def _patch() -> None:
         _slow_seek()
     if MODE == "late-fetch":
         _late_fetch()
+    if MODE == "stuck-topic":
+        _stuck_topic(os.environ["TEST_STUCK_TOPIC"])
+
+
+def _stuck_topic(stuck: str) -> None:
+    import stream_app.output
+
+    real_producer = stream_app.output.Producer
+
+    class StuckTopicProducer:
+        """Two librdkafka producers: one for ``stuck`` that never delivers, one for the
+        rest."""
+
+        def __init__(self, config):
+            self.real = real_producer(config)
+            self.stuck = real_producer({**config, "bootstrap.servers": "127.0.0.1:1"})
+
+        def produce(self, topic, *args, **kwargs):
+            (self.stuck if topic == stuck else self.real).produce(topic, *args, **kwargs)
+
+        def flush(self, *timeout):
+            return self.real.flush(*timeout) + self.stuck.flush(*timeout)
+
+        def poll(self, timeout=0):
+            return self.real.poll(timeout) + self.stuck.poll(0)
+
+        def __len__(self):
+            return len(self.real) + len(self.stuck)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    stream_app.output.Producer = StuckTopicProducer
 
 
 def _slow_seek() -> None:

@@ -29,24 +29,6 @@ pytestmark = [
 ]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port_pair(start: int = 19392) -> int:
-    """First port >= *start* such that it and port+1 (the controller) are both free."""
-    for port in range(start, start + 200, 2):
-        if _port_free(port) and _port_free(port + 1):
-            return port
-    raise RuntimeError("no free port pair for the test broker")
-
-
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Runtime state dir for a throwaway broker (jar cache stays shared)."""
@@ -83,7 +65,7 @@ def _consume_one(bootstrap: str, topic: str, timeout: float = 30.0) -> tuple[byt
 
 
 def test_broker_lifecycle(state: Path) -> None:
-    port = _free_port_pair()
+    port = broker.free_ports(2)
     try:
         # start: fetch (cached) + format + launch, waits for a metadata round trip
         bootstrap = broker.start(port, wait_timeout=90)
@@ -144,7 +126,7 @@ def test_broker_lifecycle(state: Path) -> None:
 
 
 def test_stale_pid_file_is_ignored(state: Path) -> None:
-    port = _free_port_pair(19492)
+    port = broker.free_ports(2, 19492)
     proc = subprocess.Popen(["true"])
     proc.wait()  # a pid that no longer exists
     pid_file = state / "run" / f"{port}.pid"
@@ -162,7 +144,7 @@ def test_stale_pid_file_is_ignored(state: Path) -> None:
 
 
 def test_start_refuses_foreign_listener(state: Path) -> None:
-    port = _free_port_pair(19592)
+    port = broker.free_ports(2, 19592)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
         sock.listen()

@@ -199,27 +199,12 @@ def own_broker(tmp_path):
     stop and restart it; stopped and wiped afterwards."""
     from stream_app import broker
 
-    port = int(os.environ.get("IMPORTANCE_TEST_RESTART_PORT", "19592"))
-    while not _pair_free(port):
-        port += 2
+    port = broker.free_ports(2, int(os.environ.get("IMPORTANCE_TEST_RESTART_PORT", "19592")))
     state = tmp_path / "broker"
     address = broker.start(port, state=state)
     handle = {"port": port, "state": state, "bootstrap": address}
     yield handle
     broker.stop(port, state=state)
-
-
-def _pair_free(port: int) -> bool:
-    import socket
-
-    for p in (port, port + 1):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-    return True
 
 
 def test_broker_restart_mid_stream(own_broker, worker_factory):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.bench.cluster import free_port, wait_worker_ready
+from stream_app.bench.cluster import wait_worker_ready
+from stream_app.broker import free_port
 from stream_app.config import repo_root
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,24 +34,6 @@ pytestmark = [
 USER = "alice"
 PASSWORD = "alice-Pa55-w0rd"
 KEYSTORE_PASSWORD = "keystore-pw"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int, start: int = 29392) -> int:
-    """First port >= start such that it and the next count - 1 ports are free."""
-    for port in range(start, start + 2000, count):
-        if all(_port_free(port + i) for i in range(count)):
-            return port
-    raise RuntimeError("no free ports for the secured test broker")
 
 
 def _make_tls(directory: Path) -> tuple[Path, Path] | None:
@@ -132,7 +113,7 @@ def client_config(env: dict[str, str]) -> dict[str, str]:
 def secure_broker(tmp_path_factory) -> Iterator[SecureBroker]:
     root = tmp_path_factory.mktemp("secure-broker")
     tls = _make_tls(root / "tls")
-    port = _free_ports(4)
+    port = broker.free_ports(4, 29392)
     state = root / "state"
     broker.start(
         port,

@@ -14,6 +14,7 @@ pytest.importorskip("scipy")
 
 from stream_app.bench.quality import (
     PRELABEL,
+    TRAINER_FEATURES,
     RealConfig,
     SemiConfig,
     auc_score,
@@ -160,10 +161,15 @@ def test_partitions_part_structure() -> None:
         synthetic_population(n_rows=800, n_items=20), parts=(1, 2), streams=2, n_events=4000
     )
     recs = res["records"]
-    assert {r["parts"] for r in recs} == {1, 2}
-    assert {r["method"] for r in recs} == {"negative", "fisher", "fisher-mix"}
+    assert {(r["parts"], r["shared"]) for r in recs} == {(1, False), (2, False), (2, True)}
+    assert {r["method"] for r in recs} == {
+        "negative",
+        "fisher-mix",
+        "fisher-mix" + TRAINER_FEATURES,
+    }
     for r in recs:
         assert 0.0 <= r["auc"] <= 1.0 and r["excess"] >= 0.0
         assert abs(r["kept"] - r["budget"]) < 0.5 * r["budget"]
     table = partitions_md(res)
-    assert table.count("\n| 1 |") == 4 and table.count("\n| 2 |") == 4
+    assert table.count("\n| 1 | one |") == 4
+    assert table.count("\n| 2 | alone |") == 4 and table.count("\n| 2 | shared |") == 4

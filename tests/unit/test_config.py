@@ -3,6 +3,9 @@ variable naming it, the value given (never a secret's) and what is allowed."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from stream_app.config import Settings, SettingsError, env_name
@@ -94,7 +97,7 @@ def test_the_sampler_and_its_salt_are_checked():
 
     settings = Settings.from_env({"IMPORTANCE_SAMPLER": "uniform", "IMPORTANCE_SAMPLER_SALT": "9"})
     assert (settings.importance_sampler, settings.importance_sampler_salt) == ("uniform", 9)
-    assert Settings.from_env({}).importance_sampler == "negative"
+    assert Settings.from_env({}).importance_sampler == "fisher-mix"
     with pytest.raises(SettingsError) as info:
         Settings.from_env({"IMPORTANCE_SAMPLER": "best", "IMPORTANCE_SAMPLER_SALT": "-1"})
     assert len(info.value.problems) == 2
@@ -150,9 +153,43 @@ def test_every_field_names_its_variable_and_describes_itself():
     for name, field in Settings.model_fields.items():
         env = env_name(name)
         assert env.startswith(("IMPORTANCE_", "KAFKA_")), name
-        assert field.description, name  # the README's configuration table comes from these
+        assert field.description, name
     assert env_name("rolling_enabled") == "IMPORTANCE_ROLLING"
     assert env_name("max_consecutive_failures") == "IMPORTANCE_MAX_CONSECUTIVE_FAILURES"
+
+
+def _documented_variables() -> dict[str, str]:
+    """The variables of docs/configuration.md's table, each with its default's cell."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (.*?) \| ", line)
+        if match:
+            names = re.findall(r"`([A-Z_]+)`", match.group(1))
+            cells = match.group(2).split(" / ")
+            for i, name in enumerate(names):
+                rows[name] = cells[i] if len(cells) == len(names) else match.group(2)
+    return rows
+
+
+def test_the_configuration_doc_lists_every_variable_with_its_default():
+    from stream_app.config import OTHER_VARIABLES
+
+    rows = _documented_variables()
+    envs = {env_name(name) for name in Settings.model_fields}
+    assert sorted((envs | OTHER_VARIABLES) - rows.keys()) == []  # documented
+    assert sorted(rows.keys() - envs - OTHER_VARIABLES) == []  # and read by something
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if field.default_factory is not None or default is None:
+            continue  # computed or unset: the doc says what it means in words
+        if isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif isinstance(default, float) and default.is_integer():
+            shown = str(int(default))
+        else:
+            shown = str(default)
+        assert f"`{shown}`" in rows[env_name(name)], (env_name(name), shown)
 
 
 def test_unknown_importance_variables_are_reported():
@@ -165,3 +202,20 @@ def test_unknown_importance_variables_are_reported():
         "PATH": "/bin",
     }
     assert unknown_variables(env) == ["IMPORTANCE_TARGET_KEEPRATE"]
+
+
+def test_sampler_features_are_checked_against_the_sampler():
+    ok = Settings.from_env(
+        {"IMPORTANCE_SAMPLER": "fisher", "IMPORTANCE_SAMPLER_FEATURES": "item:15, hour"}
+    )
+    assert ok.importance_sampler_features == "item:15, hour"
+    assert (
+        Settings.from_env({"IMPORTANCE_SAMPLER_FEATURES": ""}).importance_sampler_features is None
+    )
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IMPORTANCE_SAMPLER": "fisher", "IMPORTANCE_SAMPLER_FEATURES": "colour"})
+    assert "IMPORTANCE_SAMPLER_FEATURES='colour'" in str(info.value)
+    assert "unknown feature group 'colour'" in str(info.value)
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IMPORTANCE_SAMPLER": "negative", "IMPORTANCE_SAMPLER_FEATURES": "item"})
+    assert "IMPORTANCE_SAMPLER='negative' has no design" in str(info.value)

@@ -21,7 +21,7 @@ from stream_app.offline import process_events, score_events
 
 TS = 1_511_658_000
 
-#: The output contract (README, "Output contract"); the worker adds ``partition``.
+#: The output contract (docs/contracts.md, "Output contract"); the worker adds ``partition``.
 RECORD_FIELDS = {
     "event_id",
     "user_id",
@@ -201,7 +201,7 @@ def test_state_parts_are_json_objects():
     engine, _ = _warm_engine(seed=8)
     state = engine.to_state()
     assert set(state) == {"meta", "logistic", "knn", "behavior", "sampler"}
-    assert state["sampler"]["name"] == "negative"
+    assert state["sampler"]["name"] == "fisher-mix"
     for part in state.values():
         assert isinstance(orjson.loads(orjson.dumps(part)), dict)
     assert state["meta"]["schema"] == STATE_SCHEMA

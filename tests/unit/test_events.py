@@ -525,7 +525,7 @@ def test_iso_offset_is_applied():
 
 ID_FIELDS = ("user_id", "item_id", "event_id", "category_id", "session_id")
 
-#: (name, character) that no id may contain, one per kind the README names
+#: (name, character) that no id may contain, one per kind docs/contracts.md names
 BAD_ID_CHARS = [
     ("zero-width-space", "\u200b"),
     ("zero-width-joiner", "\u200d"),

@@ -287,6 +287,32 @@ def test_state_rejects_bad_input():
         FastKNNClassifier(features=[("a", 1)]).to_state()
 
 
+def _as_version_1(state: dict) -> dict:
+    """``state`` in the layout the classifier saved before version 2 (arrays as
+    ``{"dtype": "<f4", "shape", "data"}``), as snapshots written then hold it."""
+    tags = {"float32": "<f4", "uint8": "|u1", "int64": "<i8"}
+    out = {**state, "version": 1}
+    for key in ("X", "sqnorm", "labels", "ids"):
+        a = state[key]
+        out[key] = {"dtype": tags[a["dtype"]], "shape": a["shape"], "data": a["b64"]}
+    return out
+
+
+def test_classifier_state_of_version_1_still_loads():
+    _, y, dicts, _ = _float32_stream(400, seed=5)
+    clf = FastKNNClassifier(n_neighbors=7, window_size=200)
+    for x, label in zip(dicts[:300], y[:300], strict=True):
+        clf.learn_one(x, bool(label))
+    clone = FastKNNClassifier.from_state(_as_version_1(_roundtrip(clf)))
+    assert clone.to_state() == clf.to_state()
+    for x in dicts[300:]:
+        assert clone.predict_proba_one(x) == clf.predict_proba_one(x)
+    wrong = _as_version_1(_roundtrip(clf))
+    wrong["labels"] = {**wrong["labels"], "dtype": "<f4"}  # bytes of another dtype
+    with pytest.raises(ValueError):
+        FastKNNClassifier.from_state(wrong)
+
+
 def test_scorer_state_roundtrip_is_exact():
     rng = np.random.default_rng(4)
     scorer = KNNImportance(n_neighbors=8, window_size=300)

@@ -220,7 +220,7 @@ def test_importance_score_writes_the_training_records(tmp_path, monkeypatch):
     records, said = run("--target-rate", "0.3", "--salt", "5")
     config = PipelineConfig(target_keep_rate=0.3, importance_sampler_salt=5)
     assert records == list(training_events(events, config))
-    assert "kept" in said and "'negative'" in said
+    assert "kept" in said and "'fisher-mix'" in said
     other, _ = run("--target-rate", "0.3", "--salt", "6")
     assert {r["event_id"] for r in other} != {r["event_id"] for r in records}
     uniform, _ = run("--sampler", "uniform")

@@ -272,7 +272,7 @@ def test_agent_and_offline_scoring_publish_the_same_records(which, tmp_path, mon
     monkeypatch.setattr(score, "read_snapshot", lambda *a, **k: None)
     monkeypatch.setattr(score, "CONFIG", config)
     monkeypatch.setattr(score, "WALL", wall)
-    monkeypatch.setattr(score, "models", {})
+    monkeypatch.setattr(score, "partition_models", {})
     clocks: list[float] = []
     kept_rolled: list[str] = []
 

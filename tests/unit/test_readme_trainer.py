@@ -1,6 +1,7 @@
-"""The README's trainer (section "Training samples"): the block runs on training records
-written by the offline pipeline, and its offset fit on a negative-downsampled sample
-recovers the full-data fit (a fit without the offset does not)."""
+"""The documented trainer (docs/training.md, "A trainer that uses `offset`"): the block
+runs on training records written by the offline pipeline, and its offset fit on a
+negative-downsampled sample recovers the full-data fit (a fit without the offset does
+not)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,16 @@ from models.label_sampling import make_sampler
 from models.pipeline import PipelineConfig
 from stream_app.offline import training_events
 
-pytest.importorskip("scipy", reason="the README's trainer uses scipy (pip install -e '.[bench]')")
+pytest.importorskip("scipy", reason="the documented trainer uses scipy (pip install -e '.[bench]')")
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
 MARKER = "<!-- tested: tests/unit/test_readme_trainer.py -->"
 
 
 def trainer_block() -> str:
-    text = README.read_text()
+    text = DOC.read_text()
     match = re.search(re.escape(MARKER) + r"\n```python\n(.*?)\n```", text, re.S)
-    assert match, "the README's tested trainer block is missing"
+    assert match, "the tested trainer block of docs/training.md is missing"
     return match.group(1)
 
 
@@ -50,7 +51,7 @@ def test_the_block_runs_on_training_records(tmp_path, monkeypatch):
     (tmp_path / "TRAIN.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(trainer_block(), "README.md", "exec"), namespace)
+    exec(compile(trainer_block(), "docs/training.md", "exec"), namespace)
     assert namespace["X"].shape == (len(records), len(namespace["columns"]))
     p = namespace["p_served"]
     assert p.shape == (len(records),) and np.all((p > 0) & (p < 1))
@@ -64,7 +65,7 @@ def test_the_block_runs_on_training_records(tmp_path, monkeypatch):
 def test_the_offset_fit_recovers_the_full_data_fit():
     namespace: dict = {}
     block = trainer_block()
-    exec(compile(block[: block.index("with open(")], "README.md", "exec"), namespace)
+    exec(compile(block[: block.index("with open(")], "docs/training.md", "exec"), namespace)
     fit = namespace["fit_with_offset"]
     rng = np.random.default_rng(1)
     n, d = 200_000, 6
