@@ -251,7 +251,7 @@ def test_input_fetched_by_the_last_recovery_fetch_is_all_scored(bootstrap, worke
     code = wait_exit(worker.proc, 90)
     assert code == 70, f"exit code {code}\n{worker.log_tail()}"
     before = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
-    assert all(offset < 0 for offset in before.values()), before  # nothing committed
+    assert any(offset < 0 for offset in before.values()), before  # partitions never committed
     worker.env["TEST_FAIL_MODE"] = "late-fetch"
     worker.start(module=FAILING)
     records = consume_all(

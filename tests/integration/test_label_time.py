@@ -80,6 +80,27 @@ def check_training(record: dict) -> None:
         assert record["_key"] == record["user_id"].encode()
 
 
+def wait_for_snapshots(bootstrap: str, app_id: str, partitions: int, timeout: float = 30) -> None:
+    """Wait until the model-state topic holds a record in every partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"{app_id}-model-state"
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"snap-{app_id}"})
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)
+            ]
+            if all(ends):
+                return
+            assert time.monotonic() < deadline, f"no snapshot in some partition: {ends}"
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
 def expected_positives(events: list[dict], config: PipelineConfig, partitions: int) -> set[str]:
     """The positives a worker with ``partitions`` partitions finds: the per-partition
     pipeline run offline on each partition's events, in order (positives do not depend
@@ -200,15 +221,10 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
     murmur2 = {"partitioner": "murmur2_random"}
     topic = worker.settings.topic_events
 
-    killed = threading.Event()
-
-    def paced() -> None:  # events keep arriving (at most 1,000 a second) until the kill,
-        first = events[:14_000]  # the rest of them at once while the worker is down
+    def paced() -> None:  # events keep arriving (at most 1,000 a second) during the kill
+        first = events[:14_000]
         for start in range(0, len(first), 100):
-            batch = first[start:] if killed.is_set() else first[start : start + 100]
-            produce(bootstrap, topic, batch, by_user, murmur2)
-            if killed.is_set():
-                return
+            produce(bootstrap, topic, first[start : start + 100], by_user, murmur2)
             time.sleep(0.1)
 
     producer = threading.Thread(target=paced, daemon=True)
@@ -220,6 +236,9 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
         timeout=180,
         config=COMMITTED,
     )
+    # a snapshot of every partition is durable (with at_least_once they are produced at
+    # the commit after them): the restart restores models, not fresh ones
+    wait_for_snapshots(bootstrap, worker.settings.app_id, worker.settings.partitions)
     assert producer.is_alive(), "all events were produced before the kill"
     if guarantee == "exactly_once":
         for _ in range(100):  # kill it while a transaction is open (see test_exactly_once)
@@ -232,7 +251,6 @@ def test_sigkill_loses_no_positive(bootstrap, worker_factory, guarantee):
         else:
             pytest.fail("never caught the worker with an open transaction")
     worker.kill()
-    killed.set()
     producer.join()
     worker.start()
     produce(bootstrap, topic, events[14_000:], by_user, murmur2)
