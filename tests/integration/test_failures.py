@@ -240,18 +240,34 @@ def test_input_fetched_by_the_last_recovery_fetch_is_all_scored(bootstrap, worke
     the worker reported ready and scored nothing (seen once in 6 runs of
     ``test_agent_failing_outside_one_event_stops_the_worker``). Here that fetch is late
     on purpose (failing_worker's late-fetch mode). The memory store: the restarted worker
-    reads every table from its changelogs (a local copy could leave nothing to read)."""
+    reads every table from its changelogs (a local copy could leave nothing to read).
+    Changelog records are written with the commits, so partition 0 gets a few events and
+    a commit first (its changelogs are what the recovery reads), the others none."""
+    by_user = lambda i, e: e["user_id"].encode()  # noqa: E731
+    first = [
+        e
+        for e in synthetic_events(400, prefix="late-fetch-p0")
+        if partition_for(e["user_id"].encode(), 4) == 0
+    ][:20]
     worker = worker_factory(
-        TEST_FAIL_MODE="agent", TEST_FAIL_AFTER="50", IMPORTANCE_TABLE_STORE="memory"
+        TEST_FAIL_MODE="agent",
+        TEST_FAIL_AFTER=str(len(first) + 50),
+        IMPORTANCE_TABLE_STORE="memory",
     )
     worker.start(module=FAILING)
+    topic = worker.settings.topic_events
+    produce(bootstrap, topic, first, key=by_user, config={"partitioner": "murmur2_random"})
+    deadline = time.monotonic() + 60
+    while committed(bootstrap, worker.settings.app_id, topic)[0] < len(first):
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
     events = synthetic_events(300, prefix="late-fetch")
-    expected = {e["event_id"] for e in events}
-    produce(bootstrap, worker.settings.topic_events, events, key=lambda i, e: e["user_id"].encode())
+    expected = {e["event_id"] for e in first + events}
+    produce(bootstrap, topic, events, key=by_user)
     code = wait_exit(worker.proc, 90)
     assert code == 70, f"exit code {code}\n{worker.log_tail()}"
-    before = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
-    assert any(offset < 0 for offset in before.values()), before  # partitions never committed
+    before = committed(bootstrap, worker.settings.app_id, topic)
+    assert all(before[p] < 0 for p in (1, 2, 3)), before  # never committed
     worker.env["TEST_FAIL_MODE"] = "late-fetch"
     worker.start(module=FAILING)
     records = consume_all(
