@@ -49,6 +49,9 @@ __all__ = [
     "key_partitions",
     "mark_committed",
     "patch_consumer_thread",
+    "patch_create_worker_consumer",
+    "patch_fetch_records",
+    "patch_seek_to_committed",
     "pending_acks",
     "pending_gaps",
     "recovery_in_progress",
@@ -57,7 +60,9 @@ __all__ = [
     "recovery_service",
     "replace_commit",
     "set_committed",
+    "set_fetch_max_wait",
     "set_isolation_level",
+    "start_tables_at_once",
     "table_converters",
 ]
 
@@ -135,6 +140,23 @@ def key_partitions(store: Any) -> dict[Any, int] | None:
     return getattr(store, "_key_partition", None)
 
 
+def start_tables_at_once() -> None:
+    """Start Faust's table manager without its one-second pause
+    (``TableManager.on_start``: ``await self.sleep(1.0)``, then ``_update_channels()``
+    and ``recovery.start()``; the pause leaves time for tables declared after the app
+    started, and the consumer's subscription waits for it). Only for an app whose tables
+    all exist before it starts."""
+    from faust.tables.manager import TableManager
+
+    async def on_start(self: Any) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+    cls: Any = TableManager
+    cls.on_start = on_start
+
+
 # -- the producer -----------------------------------------------------------------------
 def aiokafka_producer(app: Any) -> Any | None:
     """The aiokafka producer under Faust's (``Producer._producer``), None until started;
@@ -205,6 +227,23 @@ def set_isolation_level(aiokafka_consumer: Any, level: str) -> None:
     aiokafka_consumer._isolation_level = level
 
 
+def set_fetch_max_wait(aiokafka_consumer: Any, ms: int) -> None:
+    """Set how long an aiokafka consumer's fetch requests wait for data at the broker,
+    before it starts (``AIOKafkaConsumer._fetch_max_wait_ms``, read by ``start()``;
+    Faust passes a fixed 1,500 ms and has no setting)."""
+    aiokafka_consumer._fetch_max_wait_ms = ms
+
+
+def patch_create_worker_consumer(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``AIOKafkaConsumerThread._create_worker_consumer(self, transport)`` (the stream
+    consumer's construction, before it starts): ``wrap`` receives the original and
+    returns its replacement."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    cls: Any = AIOKafkaConsumerThread
+    cls._create_worker_consumer = wrap(cls._create_worker_consumer)
+
+
 def patch_consumer_thread(
     create_worker_consumer: Callable[[Callable[..., Any]], Callable[..., Any]],
     highwaters: Callable[[Callable[..., Any]], Callable[..., Any]],
@@ -217,3 +256,27 @@ def patch_consumer_thread(
     cls: Any = AIOKafkaConsumerThread
     cls._create_worker_consumer = create_worker_consumer(cls._create_worker_consumer)
     cls._highwaters = highwaters(cls._highwaters)
+
+
+def patch_fetch_records(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``AIOKafkaConsumerThread._fetch_records(self, consumer, active_partitions,
+    timeout=, max_records=)``: it runs in the consumer's own thread and hands aiokafka's
+    ``Fetcher.fetched_records`` the stream consumer's set of active partitions, the set
+    object itself (``Consumer._active_partitions``), which the main thread keeps
+    changing; ``wrap`` receives the original and returns its replacement."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    cls: Any = AIOKafkaConsumerThread
+    cls._fetch_records = wrap(cls._fetch_records)
+
+
+def patch_seek_to_committed(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``ThreadDelegateConsumer.seek_to_committed(self)`` of Faust's stream consumer
+    (it returns ``{tp: committed offset or None}``; ``Consumer.perform_seek`` calls it at
+    the end of every recovery, and when a fetch comes back while the flow is stopped,
+    and sets its read offsets from the result); ``wrap`` receives the original and
+    returns its replacement."""
+    from faust.transport.consumer import ThreadDelegateConsumer
+
+    cls: Any = ThreadDelegateConsumer
+    cls.seek_to_committed = wrap(cls.seek_to_committed)

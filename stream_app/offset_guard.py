@@ -29,6 +29,16 @@ messages were not fetched again, and when no later input came nothing showed the
 missing: the worker reported ready and scored nothing more, its committed offsets stuck
 where the queue was emptied (``test_failures.py``, after a worker that failed without
 committing).
+
+Another way is closed at its source too (:func:`fetch_active_partitions_only`): Faust's
+fetches hand aiokafka, in the consumer's thread, the very set of active partitions that
+the main thread changes. A fetch of a recovery that ran after the recovery had paused
+the changelog partitions, and before the input partitions were resumed, found the set
+empty, which aiokafka reads as "every partition": it returned the input records it had
+buffered, their positions moved on, and Faust dropped them (not active). Faust's seek to
+the committed offsets fetches such records again, except where nothing was committed;
+there :func:`seek_uncommitted_to_start` seeks to the start of the log, where the
+consumer began (``test_failures.py``, the late recovery fetch).
 """
 
 from __future__ import annotations
@@ -40,7 +50,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OffsetGuard", "RawMessage", "guard_topic", "hold_streams_until_ready", "repaired"]
+__all__ = [
+    "OffsetGuard",
+    "RawMessage",
+    "fetch_active_partitions_only",
+    "guard_topic",
+    "hold_streams_until_ready",
+    "repaired",
+    "seek_uncommitted_to_start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -278,3 +296,85 @@ def guard_topic(app: Any, topic: str, settings: Any) -> OffsetGuard:
         guard.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
 
     return guard
+
+
+_fetch_patched = False
+
+
+def fetch_active_partitions_only() -> None:
+    """Make each fetch of Faust's stream consumer ask aiokafka for the partitions active
+    when it starts, and for nothing when none is active.
+
+    Faust's fetch runs in the consumer's thread with the main thread's set of active
+    partitions, which the end of a recovery empties (changelog partitions paused) and
+    fills again (input partitions resumed) meanwhile; aiokafka's ``fetched_records``
+    reads an empty set as "every partition" and returns, and consumes, records of
+    partitions Faust then drops as not active. Not active, those records stay in
+    aiokafka's buffer for a later fetch."""
+    global _fetch_patched
+    if _fetch_patched:
+        return
+    from stream_app.faust_internals import patch_fetch_records
+
+    def wrap(fetch: Callable[..., Any]) -> Callable[..., Any]:
+        async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, **kw: Any):
+            if active_partitions is None:  # a client-only app: every partition
+                return await fetch(self, consumer, active_partitions, **kw)
+            partitions = frozenset(active_partitions)
+            if not partitions:
+                return {}
+            return await fetch(self, consumer, partitions, **kw)
+
+        return _fetch_records
+
+    patch_fetch_records(wrap)
+    _fetch_patched = True
+
+
+_seek_patched = False
+
+
+def seek_uncommitted_to_start() -> None:
+    """After Faust seeks its stream partitions to their committed offsets, seek those
+    without a committed offset (or with 0) to the start of their log.
+
+    Faust seeks back to the committed offsets to fetch again what it fetched and did not
+    deliver (at the end of a recovery, or when a fetch came back while its flow was
+    stopped); aiokafka does not seek a partition without a committed offset, so there
+    such records were never fetched again, and with no later input nothing showed they
+    were missing. The start is where the consumer began in that case (``earliest``,
+    Faust's ``consumer_auto_offset_reset``); whatever an agent handled since is skipped
+    by its :class:`OffsetGuard` (delivered again)."""
+    global _seek_patched
+    if _seek_patched:
+        return
+    from stream_app.faust_internals import patch_seek_to_committed
+
+    def wrap(seek_to_committed: Callable[..., Any]) -> Callable[..., Any]:
+        async def _seek_to_committed(self: Any) -> Any:
+            committed = await seek_to_committed(self)
+            app = self.app
+            if app.conf.consumer_auto_offset_reset != "earliest":
+                return committed
+            changelogs = app.tables.changelog_topics
+            uncommitted = [
+                tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs
+            ]
+            if uncommitted:
+                # offset 0, below a log start that retention moved, reads as out of
+                # range, which the consumer resets to the earliest offset: no request
+                try:
+                    await self.seek_wait(dict.fromkeys(uncommitted, 0))
+                except Exception as exc:  # e.g. revoked meanwhile: Faust seeks again
+                    log.warning("seeking partitions without a committed offset: %r", exc)
+                else:
+                    log.info(
+                        "%d stream partition(s) without a committed offset sought to their start",
+                        len(uncommitted),
+                    )
+            return committed
+
+        return _seek_to_committed
+
+    patch_seek_to_committed(wrap)
+    _seek_patched = True

@@ -79,10 +79,23 @@ def run_worker(argv: list[str] | None = None) -> None:
     import agents.rolling
     import agents.score
     import stream_app.web.api  # noqa: F401
-    from stream_app.offset_guard import hold_streams_until_ready
+    from stream_app.offset_guard import (
+        fetch_active_partitions_only,
+        hold_streams_until_ready,
+        seek_uncommitted_to_start,
+    )
 
     # Faust empties the streams' queues at the end of a recovery: deliver nothing before
     hold_streams_until_ready(app)
+    # and it drops records fetched while their partitions were not active: fetch only
+    # active ones, and fetch again from the start where no offset was committed
+    fetch_active_partitions_only()
+    seek_uncommitted_to_start()
+    shorten_fetch_wait()
+    # every table is declared by now (the agents' modules): no need for Faust's pause
+    from stream_app.faust_internals import start_tables_at_once
+
+    start_tables_at_once()
     if settings.exactly_once:
         # offsets are committed in the output producer's transactions
         from stream_app.transactions import install
@@ -114,6 +127,40 @@ def install_store_copy(app, output) -> None:
     async def copy_delivered() -> None:
         output.poll()  # serve the delivery reports waiting
         output.persist_mirrors()
+
+
+#: how long the stream consumer's fetch requests wait at the broker for data (Faust: a
+#: fixed 1,500 ms)
+FETCH_MAX_WAIT_MS = 100
+
+_fetch_wait_patched = False
+
+
+def shorten_fetch_wait() -> None:
+    """Make the stream consumer's fetch requests wait at most :data:`FETCH_MAX_WAIT_MS`
+    at the broker.
+
+    The broker answers the requests of one connection in order, and the consumer asks
+    for offsets (the recovery's highwaters and start offsets) on the connection its
+    fetches use: with Faust's 1,500 ms, each such question at a worker's start waited
+    behind a fetch of partitions without new data, 1.0-1.5 s, three times before
+    "Worker ready". An idle worker sends about ten fetch requests a second instead of
+    one every 1.5 s."""
+    global _fetch_wait_patched
+    if _fetch_wait_patched:
+        return
+    from stream_app.faust_internals import patch_create_worker_consumer, set_fetch_max_wait
+
+    def wrap(create):
+        def _create_worker_consumer(self, transport):
+            consumer = create(self, transport)
+            set_fetch_max_wait(consumer, FETCH_MAX_WAIT_MS)
+            return consumer
+
+        return _create_worker_consumer
+
+    patch_create_worker_consumer(wrap)
+    _fetch_wait_patched = True
 
 
 def tune_gc() -> None:

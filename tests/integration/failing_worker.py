@@ -9,9 +9,18 @@
   guard raises) once it has handled ``TEST_FAIL_AFTER`` messages;
 * ``slow-seek``: nothing fails, but the end of Faust's recovery is slow the way a busy
   machine makes it: its "Seek stream partitions to committed offsets" waits until the
-  decode agent has received a first input message (and a second more), and the decode
+  decode agent has received a first input message (and a second more; at most 3 s,
+  since the worker holds the flow until "Worker ready" none comes), and the decode
   agent takes two seconds over that message, so the input messages fetched meanwhile
   are in the agent's queue when Faust resumes its flow control.
+* ``late-fetch``: nothing fails, but the last fetch of a table recovery runs late in
+  the consumer's thread, the way a busy machine schedules it: a fetch of the recovery
+  that found nothing runs again once Faust has paused the changelog partitions (the
+  recovery is over), so it runs with no active partition, which aiokafka reads as
+  "every partition": it returns the input records it had fetched meanwhile (the
+  recovery notices its end half a second late, so such a fetch is always asked); and
+  Faust's end of recovery (its ``on_rebalance_complete`` signal) takes two seconds, so
+  those records come back before the input partitions are resumed, and Faust skips them.
 * ``stuck-topic``: nothing fails, but the records the output producer sends to the topic
   ``TEST_STUCK_TOPIC`` wait in a librdkafka queue that cannot deliver (its producer's
   broker address has nothing listening) while every other record is delivered: the
@@ -61,6 +70,8 @@ def _patch() -> None:
         OffsetGuard.missed = failing_missed
     if MODE == "slow-seek":
         _slow_seek()
+    if MODE == "late-fetch":
+        _late_fetch()
     if MODE == "stuck-topic":
         _stuck_topic(os.environ["TEST_STUCK_TOPIC"])
 
@@ -112,7 +123,7 @@ def _slow_seek() -> None:
 
     async def slow_perform_seek(self):
         try:
-            await asyncio.wait_for(first_message().wait(), timeout=10)
+            await asyncio.wait_for(first_message().wait(), timeout=3)
         except asyncio.TimeoutError:
             pass
         else:
@@ -128,6 +139,59 @@ def _slow_seek() -> None:
 
     Consumer.perform_seek = slow_perform_seek
     OffsetGuard.missed = slow_missed
+
+
+def _late_fetch() -> None:
+    import asyncio
+    import time
+
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from stream_app.app import app
+
+    fetch = AIOKafkaConsumerThread._fetch_records
+
+    async def late_fetch_records(self, consumer, active_partitions, **kwargs):
+        asked = frozenset(active_partitions or ())
+        recovering = not app.tables.actives_ready  # from a rebalance to "Worker ready"
+        records = await fetch(self, consumer, active_partitions, **kwargs)
+        if (
+            not records
+            and recovering
+            and asked
+            and all(self.consumer._is_changelog_tp(tp) for tp in asked)
+        ):
+            # a fetch of the recovery found nothing more: it runs again, late, once the
+            # main thread has ended the recovery and paused the changelog partitions
+            # (it empties this very set), as a busy consumer thread would run it
+            deadline = time.monotonic() + 5.0
+            while active_partitions and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            records = await fetch(self, consumer, active_partitions, **kwargs)
+        return records
+
+    AIOKafkaConsumerThread._fetch_records = late_fetch_records
+
+    class LateEnd(asyncio.Event):
+        """The recovery notices half a second late that it has read everything: the
+        fetcher, still running, asks for more meanwhile (and finds nothing)."""
+
+        async def wait(self):
+            await super().wait()
+            await asyncio.sleep(0.5)
+            return True
+
+    def signal_recovery_end(self):
+        if self._signal_recovery_end is None:
+            self._signal_recovery_end = LateEnd()
+        return self._signal_recovery_end
+
+    Recovery.signal_recovery_end = property(signal_recovery_end)
+
+    @app.on_rebalance_complete.connect
+    async def _slow_end_of_recovery(app, **kwargs):
+        await asyncio.sleep(2.0)
 
 
 if __name__ == "__main__":

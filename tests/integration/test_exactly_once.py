@@ -62,17 +62,17 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
     murmur2 = {"partitioner": "murmur2_random"}
     bad = [b"{not json", b'{"user_id": 1}', b"[1, 2]"] * 5
 
-    # Events keep arriving (at most 1,000 a second) while the worker is killed.
+    # Events keep arriving (at most 1,000 a second) until the worker is killed; the rest
+    # of them at once while it is down.
+    killed = threading.Event()
+
     def paced() -> None:
         first = events[:16_000] + bad
         for start in range(0, len(first), 100):
-            produce(
-                bootstrap,
-                worker.settings.topic_events,
-                first[start : start + 100],
-                key=key,
-                config=murmur2,
-            )
+            batch = first[start:] if killed.is_set() else first[start : start + 100]
+            produce(bootstrap, worker.settings.topic_events, batch, key=key, config=murmur2)
+            if killed.is_set():
+                return
             time.sleep(0.1)
 
     producer = threading.Thread(target=paced, daemon=True)
@@ -101,6 +101,7 @@ def test_sigkill_with_exactly_once_leaves_no_duplicates(bootstrap, worker_factor
     print(f"\nkilled while a transaction was open (freeze {freezes})")
     worker.kill()
     killed_at = time.time()
+    killed.set()
     producer.join()
     worker.start()
     produce(bootstrap, worker.settings.topic_events, events[16_000:], key=key, config=murmur2)

@@ -226,3 +226,59 @@ def test_input_fetched_while_recovery_ends_is_all_scored(bootstrap, worker_facto
         f"{len(missing)} of {len(expected)} events never scored; committed offsets of "
         f"the events topic: {offsets}\n{worker.log_tail()}"
     )
+
+
+def test_input_fetched_by_the_last_recovery_fetch_is_all_scored(bootstrap, worker_factory):
+    """The restarted worker's group has changelog records but no committed offset (the
+    worker before it failed before its first commit), so Faust's recovery reads the
+    changelogs with its fetcher running. Its fetches pass the consumer's set of active
+    partitions to aiokafka, in another thread; when the last one runs after the recovery
+    paused the changelog partitions, the set is empty, aiokafka returns the input records
+    it had buffered, and Faust, whose input partitions are not resumed yet, skips them:
+    consumed, never delivered. Faust's seek to the committed offsets brings back nothing
+    where no offset was committed, and with no later input the offset guard saw no gap:
+    the worker reported ready and scored nothing (seen once in 6 runs of
+    ``test_agent_failing_outside_one_event_stops_the_worker``). Here that fetch is late
+    on purpose (failing_worker's late-fetch mode). The memory store: the restarted worker
+    reads every table from its changelogs (a local copy could leave nothing to read).
+    Changelog records are written with the commits, so partition 0 gets a few events and
+    a commit first (its changelogs are what the recovery reads), the others none."""
+    by_user = lambda i, e: e["user_id"].encode()  # noqa: E731
+    first = [
+        e
+        for e in synthetic_events(400, prefix="late-fetch-p0")
+        if partition_for(e["user_id"].encode(), 4) == 0
+    ][:20]
+    worker = worker_factory(
+        TEST_FAIL_MODE="agent",
+        TEST_FAIL_AFTER=str(len(first) + 50),
+        IMPORTANCE_TABLE_STORE="memory",
+    )
+    worker.start(module=FAILING)
+    topic = worker.settings.topic_events
+    produce(bootstrap, topic, first, key=by_user, config={"partitioner": "murmur2_random"})
+    deadline = time.monotonic() + 60
+    while committed(bootstrap, worker.settings.app_id, topic)[0] < len(first):
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
+    events = synthetic_events(300, prefix="late-fetch")
+    expected = {e["event_id"] for e in first + events}
+    produce(bootstrap, topic, events, key=by_user)
+    code = wait_exit(worker.proc, 90)
+    assert code == 70, f"exit code {code}\n{worker.log_tail()}"
+    before = committed(bootstrap, worker.settings.app_id, topic)
+    assert all(before[p] < 0 for p in (1, 2, 3)), before  # never committed
+    worker.env["TEST_FAIL_MODE"] = "late-fetch"
+    worker.start(module=FAILING)
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda recs: expected <= {r["event_id"] for r in recs},
+        timeout=60,
+    )
+    missing = expected - {r["event_id"] for r in records}
+    offsets = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
+    assert not missing, (
+        f"{len(missing)} of {len(expected)} events never scored; committed offsets of "
+        f"the events topic: {offsets}\n{worker.log_tail()}"
+    )

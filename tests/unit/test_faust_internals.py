@@ -155,6 +155,16 @@ def test_group_coordinator_and_isolation_level():
         return consumer._isolation_level
 
     assert asyncio.run(level()) == "read_committed", moved("set_isolation_level")
+    assert "self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start), moved(
+        "set_fetch_max_wait", "start() no longer reads AIOKafkaConsumer._fetch_max_wait_ms"
+    )
+
+    async def fetch_wait() -> int:
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        fi.set_fetch_max_wait(consumer, 100)
+        return consumer._fetch_max_wait_ms
+
+    assert asyncio.run(fetch_wait()) == 100, moved("set_fetch_max_wait")
 
 
 def test_consumer_thread_methods():
@@ -164,9 +174,58 @@ def test_consumer_thread_methods():
     assert list(inspect.signature(create).parameters) == ["self", "transport"], moved(
         "patch_consumer_thread", "AIOKafkaConsumerThread._create_worker_consumer"
     )
+    assert "fetch_max_wait_ms=" in inspect.getsource(create), moved(
+        "patch_create_worker_consumer", "Faust no longer sets fetch_max_wait_ms itself"
+    )
     highwaters = AIOKafkaConsumerThread._highwaters
     assert inspect.iscoroutinefunction(highwaters), moved(
         "patch_consumer_thread", "AIOKafkaConsumerThread._highwaters"
+    )
+
+
+def test_fetch_records_and_seek_to_committed():
+    """What offset_guard.fetch_active_partitions_only and seek_uncommitted_to_start wrap."""
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport import consumer as faust_consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    fetch = AIOKafkaConsumerThread._fetch_records
+    assert inspect.iscoroutinefunction(fetch), moved(
+        "patch_fetch_records", "AIOKafkaConsumerThread._fetch_records"
+    )
+    assert list(inspect.signature(fetch).parameters)[:3] == [
+        "self",
+        "consumer",
+        "active_partitions",
+    ], moved("patch_fetch_records", "_fetch_records's arguments")
+    assert "self._active_partitions" in inspect.getsource(
+        faust_consumer.Consumer._get_active_partitions
+    ), moved("patch_fetch_records", "Faust no longer fetches with its own active set")
+    # the reason for the wrapper: aiokafka reads no partitions as every partition
+    assert "if partitions and tp not in partitions" in inspect.getsource(Fetcher.fetched_records), (
+        moved("patch_fetch_records", "Fetcher.fetched_records' partitions argument")
+    )
+    seek = faust_consumer.ThreadDelegateConsumer.seek_to_committed
+    assert inspect.iscoroutinefunction(seek), moved(
+        "patch_seek_to_committed", "ThreadDelegateConsumer.seek_to_committed"
+    )
+    assert "self.seek_to_committed()" in inspect.getsource(faust_consumer.Consumer.perform_seek), (
+        moved("patch_seek_to_committed", "perform_seek no longer calls seek_to_committed")
+    )
+    for name in ("earliest_offsets", "seek_wait"):
+        assert inspect.iscoroutinefunction(
+            getattr(faust_consumer.ThreadDelegateConsumer, name, None)
+        ), moved("patch_seek_to_committed", f"ThreadDelegateConsumer.{name}")
+
+
+def test_table_manager_start():
+    from faust.tables.manager import TableManager
+
+    source = inspect.getsource(TableManager.on_start)
+    for part in ("await self.sleep(1.0)", "await self._update_channels()", "recovery.start()"):
+        assert part in source, moved("start_tables_at_once", f"TableManager.on_start: {part}")
+    assert "self._tables_registered.set()" in inspect.getsource(TableManager._update_channels), (
+        moved("start_tables_at_once", "_update_channels no longer registers the tables")
     )
 
 
