@@ -27,7 +27,9 @@ def sent(monkeypatch):
         decoded_key = key if table.key_serializer == "raw" else _tuples(json.loads(key))
         out.append((partition, decoded_key, None if value is None else json.loads(value)))
 
-    monkeypatch.setattr(rolling.output, "send", capture)
+    # writes, deletions (held for their outputs) and writes behind a held deletion
+    for name in ("send", "send_state", "send_after_held"):
+        monkeypatch.setattr(rolling.output, name, capture)
     tables = _tables()
     for table in tables:
         table.data.clear()
