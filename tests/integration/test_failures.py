@@ -26,6 +26,25 @@ FAILING = "tests.integration.failing_worker"
 GUARANTEES = ["at_least_once", "exactly_once"]
 
 
+def assert_all_scored(bootstrap: str, worker, expected: set[str], timeout: float = 60) -> None:
+    """Every event of ``expected`` gets a score within ``timeout``; else say how many did
+    not, with the committed offsets of the events topic and the worker's log."""
+    from tests.integration.conftest import consume_all
+
+    records = consume_all(
+        bootstrap,
+        worker.settings.topic_scores,
+        until=lambda recs: expected <= {r["event_id"] for r in recs},
+        timeout=timeout,
+    )
+    missing = expected - {r["event_id"] for r in records}
+    offsets = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
+    assert not missing, (
+        f"{len(missing)} of {len(expected)} events never scored; committed offsets of "
+        f"the events topic: {offsets}\n{worker.log_tail()}"
+    )
+
+
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 4) -> dict[int, int]:
     """The group's committed offset per partition (-1: none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
@@ -214,18 +233,7 @@ def test_input_fetched_while_recovery_ends_is_all_scored(bootstrap, worker_facto
     assert code == 70, f"exit code {code}\n{worker.log_tail()}"
     worker.env["TEST_FAIL_MODE"] = "slow-seek"
     worker.start(module=FAILING)
-    records = consume_all(
-        bootstrap,
-        worker.settings.topic_scores,
-        until=lambda recs: expected <= {r["event_id"] for r in recs},
-        timeout=60,
-    )
-    missing = expected - {r["event_id"] for r in records}
-    offsets = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
-    assert not missing, (
-        f"{len(missing)} of {len(expected)} events never scored; committed offsets of "
-        f"the events topic: {offsets}\n{worker.log_tail()}"
-    )
+    assert_all_scored(bootstrap, worker, expected)
 
 
 def test_input_fetched_by_the_last_recovery_fetch_is_all_scored(bootstrap, worker_factory):
@@ -270,15 +278,4 @@ def test_input_fetched_by_the_last_recovery_fetch_is_all_scored(bootstrap, worke
     assert all(before[p] < 0 for p in (1, 2, 3)), before  # never committed
     worker.env["TEST_FAIL_MODE"] = "late-fetch"
     worker.start(module=FAILING)
-    records = consume_all(
-        bootstrap,
-        worker.settings.topic_scores,
-        until=lambda recs: expected <= {r["event_id"] for r in recs},
-        timeout=60,
-    )
-    missing = expected - {r["event_id"] for r in records}
-    offsets = committed(bootstrap, worker.settings.app_id, worker.settings.topic_events)
-    assert not missing, (
-        f"{len(missing)} of {len(expected)} events never scored; committed offsets of "
-        f"the events topic: {offsets}\n{worker.log_tail()}"
-    )
+    assert_all_scored(bootstrap, worker, expected)
