@@ -103,13 +103,15 @@ class RemoteSync:
         try:
             while True:
                 messages = await loop.run_in_executor(None, consumer.consume, 500, poll_s)
+                own = self.worker_id.encode()
                 for message in messages:
                     error = message.error()
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:
                             log.warning("model-sync: %s", error)
                         continue
-                    self.handle(message.value())
+                    if message.key() != own:  # this worker's own: applied already
+                        self.handle(message.value())
                 if self._producer is not None:
                     self._producer.poll(0)
         finally:

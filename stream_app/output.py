@@ -86,10 +86,9 @@ TRANSACTION_INIT_TIMEOUT_S = 60.0
 TRANSACTION_CALL_TIMEOUT_S = 30.0
 #: messages held while a transaction commits before :meth:`Output.send` waits
 MAX_HELD = 200_000
-#: state held for the outputs before them (at_least_once): past this many records or
-#: bytes, the sender waits for the outputs to be delivered and produces it (back-pressure;
-#: between two commits at full speed the changelogs and snapshots held grew the worker's
-#: peak RSS from about 0.5 to 1.3 GB in the speed benchmark without the byte bound)
+#: deletions held for the outputs before them (at_least_once): past this many records or
+#: bytes, the sender waits for the outputs to be delivered and produces them
+#: (back-pressure; tombstones are small, so this bounds a burst of resolutions)
 MAX_STATE_HELD = 100_000
 MAX_STATE_HELD_BYTES = 16 * 1024 * 1024
 #: librdkafka's default batch.size, lowered to the smallest topic limit (see set_limits)

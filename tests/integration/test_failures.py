@@ -206,13 +206,7 @@ def test_agent_failing_outside_one_event_stops_the_worker(bootstrap, worker_fact
     assert code == 70, f"exit code {code}\n{worker.log_tail()}"
     assert "agent decode failed" in worker.log_text()
     worker.start()  # the fix
-    records = consume_all(
-        bootstrap,
-        worker.settings.topic_scores,
-        until=lambda recs: expected <= {r["event_id"] for r in recs},
-        timeout=180,
-    )
-    assert expected <= {r["event_id"] for r in records}, worker.log_tail()
+    assert_all_scored(bootstrap, worker, expected, timeout=180)
 
 
 def test_input_fetched_while_recovery_ends_is_all_scored(bootstrap, worker_factory):

@@ -41,6 +41,12 @@ def check_tables(body: dict, expected: dict[str, tuple[int, int]]) -> None:
     assert got == want
 
 
+def table_counts(body: dict) -> tuple[int, int]:
+    """Records the tables loaded from their local copies, and read from the changelogs."""
+    tables = body["tables"]
+    return sum(tables[t]["loaded"] for t in TABLES), sum(tables[t]["replayed"] for t in TABLES)
+
+
 def test_restart_reads_only_the_tail_and_full_recovery_without_local_store(
     bootstrap, worker_factory
 ):
@@ -61,8 +67,7 @@ def test_restart_reads_only_the_tail_and_full_recovery_without_local_store(
     total = sum(records for records, _live in killed_at.values())
     worker.start()
     body = wait_live(port)
-    replayed = sum(body["tables"][t]["replayed"] for t in TABLES)
-    loaded = sum(body["tables"][t]["loaded"] for t in TABLES)
+    loaded, replayed = table_counts(body)
     print(f"restart with local store: {loaded} loaded, {replayed} of {total} records replayed")
     assert loaded > 0
     # the tail is what reached the changelogs after the copies' last write before the
@@ -85,8 +90,7 @@ def test_restart_reads_only_the_tail_and_full_recovery_without_local_store(
     total = sum(records for records, _live in expected.values())
     worker.start()
     body = settled(port)
-    replayed = sum(body["tables"][t]["replayed"] for t in TABLES)
-    loaded = sum(body["tables"][t]["loaded"] for t in TABLES)
+    loaded, replayed = table_counts(body)
     print(f"restart without local store: {loaded} loaded, {replayed} of {total} replayed")
     assert loaded == 0
     assert replayed >= total  # and what the worker read again and wrote since

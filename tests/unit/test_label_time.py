@@ -228,3 +228,12 @@ def test_importance_score_writes_the_training_records(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["score", str(path), "-o", "x", "--sampler", "best"])
     assert result.exit_code == 2
     assert "--sampler (or IMPORTANCE_SAMPLER)='best': unknown sampler 'best'" in result.output
+    # the trainer's design (docs/training.md): the same records as the pipeline with it
+    designed, _ = run("--target-rate", "0.3", "--sampler-features", "item:3,category")
+    config = PipelineConfig(target_keep_rate=0.3, importance_sampler_features="item:3,category")
+    assert designed == list(training_events(events, config)) and designed != records
+    result = CliRunner().invoke(
+        main, ["score", str(path), "-o", "x", "--sampler", "negative", "--sampler-features", "item"]
+    )
+    assert result.exit_code == 2
+    assert "--sampler (or IMPORTANCE_SAMPLER)='negative' has no design" in result.output
